@@ -1,0 +1,5 @@
+"""`python -m lfv_edge` is the `lfv-edge` command."""
+
+from lfv_edge.cli import main
+
+raise SystemExit(main())
