@@ -1,0 +1,238 @@
+"""The DLR runtime behind the `Runner` port: the only module that imports `dlr`.
+
+What this module guarantees (dlr-runtime.md §2, §7, §8):
+
+* DLR's phone-home is replaced by an inert stub **before** the first `import dlr`: no banner,
+  no file written into site-packages, no network attempt. If something imported `dlr` before
+  us, we refuse to run rather than phone home.
+* `TVM_BIND_THREADS=0` (else TVM pins the calling Python thread to one core) and
+  `TVM_NUM_THREADS` are set before the first inference.
+* The `libdlr.so` is chosen by the caller (the package's own, else the CPU runtime), never by
+  DLR's search of `sys.prefix`.
+* Load errors, which libdlr writes to native fd 2 and reports to Python as an empty
+  `DLRError('')`, are captured and raised as `ModelPackageError` with the real message.
+* One lock per model: a DLR handle has one set of input/output buffers and is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+import types
+from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lfv_edge.errors import InferenceError, ModelPackageError
+
+logger = logging.getLogger(__name__)
+
+_PHONE_HOME_MODULE = "dlr.counter.phone_home"
+_DLR_LOGGER = "dlr.neologger_logger"
+# libdlr's load errors: "[hh:mm:ss] <build path>/src/dlr.cc:321: <message>", sometimes with a
+# nested "[hh:mm:ss] <file>:<line>: " prefix inside the message.
+_DLR_ERROR_LINE = re.compile(r"dlr\.cc:\d+: (?:\[[0-9:]+\] \S+: )?(.*)")
+# fd 2 is process-wide and DLR's loader edits os.environ["PATH"]: one load at a time.
+_LOAD_LOCK = threading.Lock()
+_import_lock = threading.Lock()
+_dlr_module: types.ModuleType | None = None
+
+
+class Runner(Protocol):
+    """Runs a loaded model on one prepared input tensor."""
+
+    def run(self, tensor: NDArray[np.float32]) -> list[NDArray[np.float32]]:
+        """Outputs in the graph's `heads` order."""
+        ...
+
+
+def _phone_home_stub() -> types.ModuleType:
+    stub = types.ModuleType(_PHONE_HOME_MODULE)
+    stub.__doc__ = "lfv-edge: DLR phone-home disabled (no telemetry, no network)."
+
+    def call_phone_home(func: Any) -> Any:  # noqa: ANN401 - identity decorator for any callable
+        return func
+
+    stub.call_phone_home = call_phone_home  # type: ignore[attr-defined]
+    stub.MGR = None  # type: ignore[attr-defined]
+    return stub
+
+
+def import_dlr() -> types.ModuleType:
+    """Import `dlr` with its phone-home replaced by an inert stub; idempotent.
+
+    Raises:
+        ModelPackageError: `dlr` was imported earlier without the stub, or is not installed.
+    """
+    global _dlr_module
+    with _import_lock:
+        if _dlr_module is not None:
+            return _dlr_module
+        if "dlr" in sys.modules and sys.modules.get(_PHONE_HOME_MODULE) is None:
+            msg = "dlr was imported before lfv-edge could disable its phone-home; refusing to run"
+            raise ModelPackageError(msg)
+        existing = sys.modules.get(_PHONE_HOME_MODULE)
+        if existing is None or getattr(existing, "MGR", None) is not None:
+            sys.modules[_PHONE_HOME_MODULE] = _phone_home_stub()
+        try:
+            import dlr
+            import dlr.dlr_model
+        except ImportError as exc:
+            msg = f"the dlr Python package is not installed ({exc}); run scripts/setup"
+            raise ModelPackageError(msg) from exc
+        # DLR rebuilds this logger's handlers on every model load; `disabled` is what sticks.
+        logging.getLogger(_DLR_LOGGER).disabled = True
+        module: types.ModuleType = dlr
+        _dlr_module = module
+        return module
+
+
+def configure_threads(
+    num_threads: int | None, environ: MutableMapping[str, str] = os.environ
+) -> int:
+    """Set TVM's thread variables before the first inference; returns the worker count.
+
+    `TVM_BIND_THREADS=0` keeps TVM from pinning our Python threads to one core. The worker
+    count defaults to the CPUs this process may use (TVM would halve it, assuming SMT).
+    """
+    environ["TVM_BIND_THREADS"] = "0"
+    if num_threads is None:
+        existing = environ.get("TVM_NUM_THREADS", "")
+        if existing.isdigit() and int(existing) > 0:
+            return int(existing)
+        num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if num_threads < 1:
+        msg = f"num_threads must be at least 1, got {num_threads}"
+        raise ValueError(msg)
+    environ["TVM_NUM_THREADS"] = str(num_threads)
+    return num_threads
+
+
+@contextlib.contextmanager
+def _captured_native_stderr() -> Iterator[list[str]]:
+    """Redirect fd 2 into a temporary file; the yielded list receives what was written."""
+    captured: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode("utf-8", errors="replace"))
+
+
+def dlr_load_message(stderr_text: str, exception_text: str) -> str:
+    """The real reason for a failed DLR load, from libdlr's stderr or the exception text."""
+    matches = _DLR_ERROR_LINE.findall(stderr_text)
+    if matches and matches[-1].strip():
+        return str(matches[-1]).strip()
+    head = exception_text.split("Stack trace:")[0].strip()
+    return head or "DLR reported no reason"
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeInfo:
+    """What DLR reports about a loaded model."""
+
+    library: Path
+    dlr_version: str
+    backend: str
+    input_name: str
+    input_shape: tuple[int, ...]
+    output_shapes: tuple[tuple[int, ...], ...]
+
+
+class DlrRunner:
+    """A loaded DLR model: one handle, one lock, exact input checks."""
+
+    def __init__(self, model: Any, info: RuntimeInfo) -> None:  # noqa: ANN401 - dlr is untyped
+        self._model = model
+        self.info = info
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        stage_dir: Path,
+        *,
+        library: Path,
+        input_shape: tuple[int, ...],
+        device: str = "cpu",
+    ) -> DlrRunner:
+        """Load the model in `stage_dir` with the given `libdlr.so` on `device` (cpu|gpu).
+
+        `input_shape` is the data input's shape from the graph (DLR itself compares only
+        element counts, so a transposed tensor would run silently wrong).
+
+        Raises:
+            ModelPackageError: with libdlr's own message when the load fails.
+        """
+        dlr = import_dlr()
+        impl_class = dlr.dlr_model.DLRModelImpl
+        load_lib = dlr.dlr_model._load_lib
+
+        class _ChosenLibraryModel(impl_class):  # type: ignore[misc, valid-type]
+            # DLR would pick <stage>/libdlr.so or search sys.prefix; we decide which library.
+            def _init_libdlr(self) -> None:
+                self._lib = load_lib(str(library))
+
+        with _LOAD_LOCK, _captured_native_stderr() as stderr:
+            try:
+                model = _ChosenLibraryModel(str(stage_dir), device, 0)
+                error: BaseException | None = None
+            except (dlr.dlr_model.DLRError, UnicodeDecodeError, ValueError, OSError) as exc:
+                error = exc
+        if error is not None:
+            reason = dlr_load_message("".join(stderr), str(error))
+            if isinstance(error, UnicodeDecodeError):
+                reason = "DLR failed and its message could not be decoded (non-ASCII path?)"
+            msg = f"{stage_dir}: DLR could not load the model: {reason}"
+            raise ModelPackageError(msg) from error
+        noise = "".join(stderr).strip()
+        if noise:
+            logger.debug("libdlr stderr while loading %s: %s", stage_dir, noise)
+        names = list(model.get_input_names())
+        if len(names) != 1:
+            msg = f"{stage_dir}: expected one data input, DLR reports {names}"
+            raise ModelPackageError(msg)
+        info = RuntimeInfo(
+            library=library,
+            dlr_version=str(model.get_version()),
+            backend=str(model.backend),
+            input_name=names[0],
+            input_shape=input_shape,
+            output_shapes=tuple(tuple(int(d) for d in shape) for shape in model.output_shapes),
+        )
+        return cls(model, info)
+
+    def run(self, tensor: NDArray[np.float32]) -> list[NDArray[np.float32]]:
+        """Run one inference; DLR itself compares only element counts, so we check exactly."""
+        if tensor.shape != self.info.input_shape or tensor.dtype != np.float32:
+            msg = (
+                f"input tensor {tensor.dtype}{list(tensor.shape)} does not match the model's "
+                f"float32{list(self.info.input_shape)}"
+            )
+            raise InferenceError(msg)
+        with self._lock:
+            try:
+                outputs: Sequence[NDArray[np.float32]] = self._model.run(
+                    {self.info.input_name: tensor}
+                )
+            except Exception as exc:
+                text = str(exc).split("Stack trace:")[0].strip()
+                msg = f"inference failed: {text}"
+                raise InferenceError(msg) from exc
+        return [np.asarray(output, dtype=np.float32) for output in outputs]
