@@ -1,0 +1,174 @@
+"""A minimal, defensive ELF64 reader for the shared objects in model packages.
+
+Why: a kernel `.so` truncated after a valid header kills the process with SIGBUS inside
+`dlopen`, a foreign-architecture library fails with a misleading "No such file or directory",
+and a graph that names a kernel the `.so` lacks fails deep inside TVM (dlr-runtime.md §7).
+Reading the headers first turns all of these into plain messages. We also read `DT_NEEDED`
+to tell whether a package's `libdlr.so` is a GPU build and which CUDA/TensorRT libraries it needs.
+
+Reads only: the ELF header, program headers, section headers, `.dynsym` + its string table,
+and `.dynamic`. Pure: no dlr, no cv2.
+"""
+
+from __future__ import annotations
+
+import platform
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+ELF_MAGIC = b"\x7fELF"
+ELFCLASS64 = 2
+ELFDATA2LSB = 1
+ET_DYN = 3
+PT_LOAD = 1
+SHT_DYNSYM = 11
+SHT_DYNAMIC = 6
+SHN_UNDEF = 0
+DT_NULL, DT_NEEDED, DT_RPATH, DT_RUNPATH = 0, 1, 15, 29
+_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
+_PHDR = struct.Struct("<IIQQQQQQ")
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+_SYM = struct.Struct("<IBBHQQ")
+_DYN = struct.Struct("<qQ")
+
+MACHINE_NAMES = {0x03: "x86 (32-bit)", 0x28: "ARM (32-bit)", 0x3E: "x86-64", 0xB7: "aarch64"}
+_HOST_MACHINES = {"x86_64": 0x3E, "amd64": 0x3E, "aarch64": 0xB7, "arm64": 0xB7}
+
+
+class ElfError(ValueError):
+    """The file is not a loadable 64-bit little-endian shared object for this machine."""
+
+
+@dataclass(frozen=True, slots=True)
+class SharedObject:
+    """What we learn from a shared object's headers."""
+
+    path: Path
+    machine: int
+    defined_symbols: frozenset[str]
+    needed: tuple[str, ...]
+    search_paths: tuple[str, ...]  # DT_RPATH/DT_RUNPATH entries, $ORIGIN expanded
+
+    @property
+    def machine_name(self) -> str:
+        """Human name of the ELF machine (`x86-64`, `aarch64`, …)."""
+        return MACHINE_NAMES.get(self.machine, f"machine 0x{self.machine:X}")
+
+
+def host_machine() -> int | None:
+    """ELF machine code of the running host, or None when unknown."""
+    return _HOST_MACHINES.get(platform.machine().lower())
+
+
+def read_shared_object(path: Path, *, expected_machine: int | None = None) -> SharedObject:
+    """Read and check a shared object's headers.
+
+    Args:
+        path: the `.so` file.
+        expected_machine: ELF machine code that must match (default: this host's).
+
+    Raises:
+        ElfError: not ELF, wrong class/endianness/type/machine, or truncated/corrupt tables.
+    """
+    data = path.read_bytes()
+    name = path.name
+    if len(data) < _HEADER.size or data[:4] != ELF_MAGIC:
+        msg = f"{name} is not an ELF shared object (bad magic or shorter than an ELF header)"
+        raise ElfError(msg)
+    (ident, e_type, e_machine, _ver, _entry, e_phoff, e_shoff, _flags, _ehsize,
+     e_phentsize, e_phnum, e_shentsize, e_shnum, _shstrndx) = _HEADER.unpack_from(data)  # fmt: skip
+    if ident[4] != ELFCLASS64 or ident[5] != ELFDATA2LSB:
+        msg = f"{name} is not a 64-bit little-endian ELF file"
+        raise ElfError(msg)
+    if e_type != ET_DYN:
+        msg = f"{name} is an ELF file of type {e_type}, not a shared object (3)"
+        raise ElfError(msg)
+    wanted = host_machine() if expected_machine is None else expected_machine
+    if wanted is not None and e_machine != wanted:
+        msg = (
+            f"{name} is built for {MACHINE_NAMES.get(e_machine, hex(e_machine))}, "
+            f"this machine needs {MACHINE_NAMES.get(wanted, hex(wanted))}"
+        )
+        raise ElfError(msg)
+    if e_phentsize != _PHDR.size or e_shentsize != _SHDR.size:
+        msg = f"{name}: unexpected program/section header sizes; the file is corrupt"
+        raise ElfError(msg)
+    _check_range(data, e_phoff, e_phnum * _PHDR.size, name, "program header table")
+    for index in range(e_phnum):
+        p_type, _pf, p_offset, _va, _pa, p_filesz, _memsz, _align = _PHDR.unpack_from(
+            data, e_phoff + index * _PHDR.size
+        )
+        if p_type == PT_LOAD:
+            # dlopen maps PT_LOAD segments; a segment past the end of the file is SIGBUS.
+            _check_range(data, p_offset, p_filesz, name, f"loadable segment {index}")
+    _check_range(data, e_shoff, e_shnum * _SHDR.size, name, "section header table")
+    sections = [_SHDR.unpack_from(data, e_shoff + i * _SHDR.size) for i in range(e_shnum)]
+    symbols: set[str] = set()
+    needed: list[str] = []
+    search: list[str] = []
+    for (
+        _sh_name,
+        sh_type,
+        _f,
+        _addr,
+        sh_offset,
+        sh_size,
+        sh_link,
+        _info,
+        _al,
+        sh_entsize,
+    ) in sections:
+        if sh_type not in {SHT_DYNSYM, SHT_DYNAMIC}:
+            continue
+        _check_range(data, sh_offset, sh_size, name, "dynamic section")
+        if sh_link >= len(sections):
+            msg = f"{name}: dynamic section links to a missing string table"
+            raise ElfError(msg)
+        str_offset, str_size = sections[sh_link][4], sections[sh_link][5]
+        _check_range(data, str_offset, str_size, name, "dynamic string table")
+        strings = data[str_offset : str_offset + str_size]
+        if sh_type == SHT_DYNSYM:
+            step = sh_entsize or _SYM.size
+            for offset in range(sh_offset, sh_offset + sh_size - _SYM.size + 1, step):
+                st_name, _info_b, _other, st_shndx, _value, _size = _SYM.unpack_from(data, offset)
+                if st_shndx != SHN_UNDEF and st_name:
+                    symbols.add(_c_string(strings, st_name))
+        else:
+            step = sh_entsize or _DYN.size
+            for offset in range(sh_offset, sh_offset + sh_size - _DYN.size + 1, step):
+                tag, value = _DYN.unpack_from(data, offset)
+                if tag == DT_NULL:
+                    break
+                if tag == DT_NEEDED:
+                    needed.append(_c_string(strings, value))
+                elif tag in {DT_RPATH, DT_RUNPATH}:
+                    origin = str(path.resolve().parent)
+                    search.extend(
+                        entry.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
+                        for entry in _c_string(strings, value).split(":")
+                    )
+    return SharedObject(
+        path=path,
+        machine=e_machine,
+        defined_symbols=frozenset(symbols),
+        needed=tuple(needed),
+        search_paths=tuple(search),
+    )
+
+
+def _check_range(data: bytes, offset: int, size: int, name: str, what: str) -> None:
+    if offset < 0 or size < 0 or offset + size > len(data):
+        msg = (
+            f"{name} is truncated or corrupt: its {what} (bytes {offset}..{offset + size}) "
+            f"lies beyond the end of the file ({len(data)} bytes)"
+        )
+        raise ElfError(msg)
+
+
+def _c_string(table: bytes, offset: int) -> str:
+    if offset >= len(table):
+        return ""
+    end = table.find(b"\0", offset)
+    raw = table[offset:] if end < 0 else table[offset:end]
+    return raw.decode("utf-8", errors="replace")
