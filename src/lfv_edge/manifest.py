@@ -103,7 +103,8 @@ class StageConfig:
     classification_head: bool
     segmentation_head: bool
     class_normal_ids: tuple[int, ...]
-    seg_normal_ids: tuple[int, ...]
+    # None when the manifest has no seg_normal_ids: LFV then skips classification_logic.
+    seg_normal_ids: tuple[int, ...] | None
     interpolation: int = INTER_AREA
     raw_image_shape: tuple[int, int] | None = None  # (height, width) the mask is resized to
     classification_logic: ClassificationLogic | None = None
@@ -335,7 +336,11 @@ def _parse_stage(
         if cls_head
         else _int_list(body.get("class_normal_ids", []), path.key("class_normal_ids"))
     )
-    seg_normal_ids = _int_list(body.get("seg_normal_ids", []), path.key("seg_normal_ids"))
+    seg_normal_ids = (
+        _int_list(body["seg_normal_ids"], path.key("seg_normal_ids"))
+        if body.get("seg_normal_ids") is not None
+        else None
+    )
     if seg_head and not pixel_classes.names:
         msg = (
             "manifest.json: model_graph.pixel_level_classes.names: required when "

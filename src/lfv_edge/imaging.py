@@ -1,0 +1,158 @@
+"""Image bytes ↔ pixels: decoding requests' images, encoding masks. One of two cv2 users.
+
+Images are checked before they are decoded: the width and height are read from the PNG, JPEG,
+BMP, GIF or WebP header, so a 100 KB file that claims 60,000 × 60,000 pixels (a decompression
+bomb) is refused without allocating 10 GB. LFV accepts 64–4096 pixels per side.
+
+Decoding ignores EXIF orientation: LFV models see the stored pixel grid (the Edge Agent takes
+raw bitmaps), and rotating would also change the mask's geometry.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from lfv_edge.errors import InputError
+
+# Stable error codes (the wire contract; see messages.py and the README).
+IMAGE_UNREADABLE = "ImageUnreadable"
+IMAGE_TOO_LARGE = "ImageTooLarge"
+IMAGE_TOO_SMALL = "ImageTooSmall"
+
+_PNG_COMPRESSION = 1  # masks are flat label images: level 1 is ~3× faster and nearly as small
+
+
+@dataclass(frozen=True, slots=True)
+class SizeLimits:
+    """Pixel bounds per side (LFV: 64–4096) and the largest encoded image accepted."""
+
+    min_side: int = 64
+    max_side: int = 4096
+    max_encoded_bytes: int = 16 << 20
+
+
+def sniff_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image header, or None when the format is not recognised."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return width, height
+    if data[:2] == b"BM" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(width), abs(height)
+    if data[:6] in {b"GIF87a", b"GIF89a"} and len(data) >= 10:
+        width, height = struct.unpack("<HH", data[6:10])
+        return width, height
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_size(data)
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    offset = 2
+    while offset + 9 < len(data):
+        if data[offset] != 0xFF:
+            return None
+        marker = data[offset + 1]
+        if marker in {0xD8, 0x01} or 0xD0 <= marker <= 0xD7:
+            offset += 2
+            continue
+        (length,) = struct.unpack(">H", data[offset + 2 : offset + 4])
+        # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC) carry the frame size.
+        if 0xC0 <= marker <= 0xCF and marker not in {0xC4, 0xC8, 0xCC}:
+            height, width = struct.unpack(">HH", data[offset + 5 : offset + 9])
+            return width, height
+        offset += 2 + length
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        width = 1 + int.from_bytes(data[24:27], "little")
+        height = 1 + int.from_bytes(data[27:30], "little")
+        return width, height
+    if chunk == b"VP8 " and len(data) >= 30:
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and len(data) >= 25:
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    return None
+
+
+def check_size(width: int, height: int, limits: SizeLimits, what: str = "image") -> None:
+    """Raise a coded InputError when a side is outside the LFV bounds."""
+    if width > limits.max_side or height > limits.max_side:
+        msg = f"{what} is {width}×{height} pixels; the maximum is {limits.max_side} per side"
+        raise InputError(IMAGE_TOO_LARGE, msg)
+    if width < limits.min_side or height < limits.min_side:
+        msg = f"{what} is {width}×{height} pixels; the minimum is {limits.min_side} per side"
+        raise InputError(IMAGE_TOO_SMALL, msg)
+
+
+def decode_image(data: bytes, limits: SizeLimits = SizeLimits()) -> NDArray[np.uint8]:
+    """Decode encoded image bytes to an H×W×3 **BGR** uint8 array (OpenCV's order).
+
+    Grayscale becomes three equal channels and alpha is dropped, as LFV's pre-processing does.
+
+    Raises:
+        InputError: `ImageTooLarge` / `ImageTooSmall` / `ImageUnreadable`.
+    """
+    if len(data) > limits.max_encoded_bytes:
+        msg = f"encoded image is {len(data)} bytes; the maximum is {limits.max_encoded_bytes}"
+        raise InputError(IMAGE_TOO_LARGE, msg)
+    size = sniff_size(data)
+    if size is None:
+        msg = "not a PNG, JPEG, BMP, GIF or WebP image"
+        raise InputError(IMAGE_UNREADABLE, msg)
+    check_size(*size, limits)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        msg = "the image data is corrupt or truncated"
+        raise InputError(IMAGE_UNREADABLE, msg)
+    decoded = np.asarray(image, dtype=np.uint8)
+    height, width = decoded.shape[:2]
+    if (width, height) != size:  # the header lied; check what was really decoded
+        check_size(width, height, limits)
+    return decoded
+
+
+def read_image_file(path: Path, limits: SizeLimits = SizeLimits()) -> NDArray[np.uint8]:
+    """Read and decode an image file (BGR, see `decode_image`)."""
+    try:
+        size = path.stat().st_size
+        if size > limits.max_encoded_bytes:
+            msg = f"{path.name} is {size} bytes; the maximum is {limits.max_encoded_bytes}"
+            raise InputError(IMAGE_TOO_LARGE, msg)
+        data = path.read_bytes()
+    except OSError as exc:
+        msg = f"cannot read {path}: {exc.strerror or exc}"
+        raise InputError(IMAGE_UNREADABLE, msg) from exc
+    return decode_image(data, limits)
+
+
+def encode_png(image: NDArray[np.uint8], *, rgb: bool = True) -> bytes:
+    """PNG bytes of an H×W×3 image (RGB unless `rgb=False`) or an H×W label image."""
+    pixels = image[:, :, ::-1] if rgb and image.ndim == 3 else image
+    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, _PNG_COMPRESSION])
+    if not ok:
+        msg = "PNG encoding failed"
+        raise RuntimeError(msg)
+    return bytes(encoded)
+
+
+def resize_nearest(labels: NDArray[np.uint8], width: int, height: int) -> NDArray[np.uint8]:
+    """Nearest-neighbour resize of a label image (cv2.INTER_NEAREST, as LFV does)."""
+    if labels.shape == (height, width):
+        return labels
+    resized = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+    return np.asarray(resized, dtype=np.uint8)
