@@ -155,6 +155,8 @@ def choose_device(
             msg = "GPU inference is not possible: " + "; ".join(problems)
             raise DeviceError(msg)
         return DeviceChoice("gpu", "requested, and GPU, CUDA runtime and libraries are present")
+    if requested == "auto" and not problems:
+        return DeviceChoice("gpu", "auto: NVIDIA GPU and a CUDA build of libdlr.so are present")
     if meta_device == "gpu":
         msg = (
             "this package's model is compiled for the GPU (.meta TargetDeviceType 'gpu') and "
@@ -168,6 +170,4 @@ def choose_device(
         raise DeviceError(msg)
     if requested == "cpu":
         return DeviceChoice("cpu", "requested")
-    if not problems:
-        return DeviceChoice("gpu", "auto: NVIDIA GPU and a CUDA build of libdlr.so are present")
     return DeviceChoice("cpu", "auto: " + problems[0])
