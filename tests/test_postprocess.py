@@ -170,7 +170,9 @@ def test_segmentation_areas_background_first_and_png_mask() -> None:
     )
     png = base64.b64decode(str(lfv["AnomalyMask"]))
     assert png.startswith(b"\x89PNG"), "AnomalyMask is a base64 PNG"
-    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "the PNG decodes"
+    decoded = image[:, :, ::-1]
     assert decoded.shape == (48, 64, 3), "the mask is resized to the input image's size"
     assert tuple(decoded[0, 0]) == (0x23, 0xA4, 0x36), (
         "scratch pixels carry the scratch colour (RGB)"
