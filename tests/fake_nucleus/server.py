@@ -217,6 +217,10 @@ class FakeNucleus:
         thing_name: AWS_IOT_THING_NAME handed to components.
         region: AWS_REGION / AWS_DEFAULT_REGION handed to components.
         max_iot_core_message_bytes: the nucleus `mqtt.maxMessageSizeInBytes`.
+        close_on_reject: after a refused CONNECT, close the socket at once as the Java nucleus
+            does. The client then races its own close against the EOF and raises either
+            AccessDeniedError or AwsCrtError(AWS_IO_SOCKET_CLOSED) (the latter about 3 times
+            in 4 here). False waits for the client to close: always AccessDeniedError.
     """
 
     def __init__(
@@ -229,11 +233,13 @@ class FakeNucleus:
         thing_name: str = "fake-thing",
         region: str = "eu-west-1",
         max_iot_core_message_bytes: int = MAX_IOT_CORE_MESSAGE_BYTES,
+        close_on_reject: bool = True,
     ) -> None:
         self.component_name = component_name
         self.thing_name = thing_name
         self.region = region
         self.max_iot_core_message_bytes = max_iot_core_message_bytes
+        self.close_on_reject = close_on_reject
         self._cond = threading.Condition(threading.RLock())
         self._components: dict[str, _Component] = {}
         self._subscriptions: list[_Subscription] = []
@@ -530,6 +536,17 @@ class FakeNucleus:
         with self._cond:
             return self._states[found[0]]
 
+    def _has_subscription(self, kind: SubscriptionKind, topic: str | None, component: str) -> bool:
+        for sub in self._subscriptions:
+            if sub.kind != kind or sub.component != component:
+                continue
+            if topic is None or kind == "validate_configuration":
+                return True
+            where = sub.topic if sub.topic is not None else "/".join(sub.key_path)
+            if where == topic:
+                return True
+        return False
+
     def wait_for_subscription(
         self,
         kind: SubscriptionKind,
@@ -544,23 +561,31 @@ class FakeNucleus:
         for configuration, ignored for validate_configuration.
         """
         name = component or self.component_name
-
-        def ready() -> bool:
-            for sub in self._subscriptions:
-                if sub.kind != kind or sub.component != name:
-                    continue
-                if topic is None or kind == "validate_configuration":
-                    return True
-                where = sub.topic if sub.topic is not None else "/".join(sub.key_path)
-                if where == topic:
-                    return True
-            return False
-
         self._wait(
-            ready,
+            lambda: self._has_subscription(kind, topic, name),
             timeout_s,
             lambda: (
                 f"{name} to subscribe {kind}({topic!r}); open: "
+                f"{[s.describe() for s in self._subscriptions]}"
+            ),
+        )
+
+    def wait_for_unsubscribe(
+        self,
+        kind: SubscriptionKind,
+        topic: str | None = None,
+        timeout_s: float = 5.0,
+        *,
+        component: str | None = None,
+    ) -> None:
+        """Until no subscription of `kind` (for `topic` if given) is open: the client closed the
+        stream or its connection. Arguments as for wait_for_subscription."""
+        name = component or self.component_name
+        self._wait(
+            lambda: not self._has_subscription(kind, topic, name),
+            timeout_s,
+            lambda: (
+                f"{name} to drop {kind}({topic!r}); open: "
                 f"{[s.describe() for s in self._subscriptions]}"
             ),
         )
@@ -791,15 +816,17 @@ class FakeNucleus:
                 None,
             )
             if version != VERSION_STRING or component is None:
-                # The Java server answers CONNECT_ACK without CONNECTION_ACCEPTED, then closes.
                 self._rejected_connects += 1
                 component = None
             else:
                 connection.component = component
-                self._cond.notify_all()
-        accepted = MessageFlag.CONNECTION_ACCEPTED if component else MessageFlag.NONE
-        connection.send(encode_rpc(MessageType.CONNECT_ACK, flags=accepted))
-        return component is not None
+            self._cond.notify_all()
+        if component is None:
+            # The Java server answers CONNECT_ACK without CONNECTION_ACCEPTED, then closes.
+            connection.send(encode_rpc(MessageType.CONNECT_ACK, flags=MessageFlag.NONE))
+            return not self.close_on_reject  # if kept open, any further frame is a protocol error
+        connection.send(encode_rpc(MessageType.CONNECT_ACK, flags=MessageFlag.CONNECTION_ACCEPTED))
+        return True
 
     def _close_stream(self, connection: _Connection, stream_id: int) -> None:
         connection.streams.pop(stream_id, None)
