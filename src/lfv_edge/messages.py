@@ -1,0 +1,286 @@
+"""The wire format of requests and replies, in the shapes of LFV's DetectAnomalies API. Pure.
+
+Request (JSON; exactly one image source):
+
+    {"RequestId": "line3-000142",
+     "ImagePath": "/data/images/part-142.png"}              # a file under an image root
+    {"RequestId": "r2", "Body": "<base64>", "ContentType": "image/jpeg"}   # as DetectAnomalies
+    {"RequestId": "r3", "Frame": {"Width": 640, "Height": 480, "Encoding": "rgb8", "Data": "<base64>"}}
+
+Optional: `"IncludeMask": false` (omit the mask in this reply), `"Metadata": {...}` (echoed
+back untouched: camera id, serial number, …). A payload that is not JSON but is an image
+(JPEG, PNG, …) is treated as a `Body` without a `RequestId`.
+
+Success reply:
+
+    {"SchemaVersion": "1", "RequestId": "line3-000142",
+     "DetectAnomalyResult": {"Source": {"Type": "direct"}, "IsAnomalous": true,
+                             "Confidence": 0.93, "Anomalies": [...], "AnomalyMask": "<base64 PNG>"},
+     "Model": {"Name": "...", "Version": "sha256:..."}, "Threshold": 0.5, "Score": 0.93,
+     "Timestamp": "2026-11-28T17:00:00.123Z", "TimingsMs": {"decode": 6.1, ..., "total": 150.2}}
+
+Error reply: `{"SchemaVersion": "1", "RequestId": ..., "Error": {"Code": ..., "Message": ...},
+"Timestamp": ...}` with a code from `ERROR_CODES`. `RequestId` is null when the request had none.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from lfv_edge.errors import InputError
+from lfv_edge.imaging import IMAGE_TOO_LARGE, IMAGE_TOO_SMALL, IMAGE_UNREADABLE, sniff_size
+from lfv_edge.pipeline import EncodedImage, ImageFile, ImageSource, Inspection, RawFrame
+
+SCHEMA_VERSION = "1"
+BAD_REQUEST = "BadRequest"
+PATH_REFUSED = "PathRefused"
+PAYLOAD_TOO_LARGE = "PayloadTooLarge"
+BUSY = "Busy"
+INFERENCE_FAILED = "InferenceFailed"
+INTERNAL_ERROR = "InternalError"
+# Every code a reply can carry, with what it means (documented in the README).
+ERROR_CODES = {
+    BAD_REQUEST: "the payload is not a valid request (JSON shape, field types, image source)",
+    IMAGE_UNREADABLE: "the image cannot be read or decoded",
+    PATH_REFUSED: "ImagePath is outside every configured image root (or none is configured)",
+    PAYLOAD_TOO_LARGE: "the payload is larger than limits.maxPayloadBytes",
+    IMAGE_TOO_LARGE: "the image is larger than limits.maxImageSide pixels per side",
+    IMAGE_TOO_SMALL: "the image is smaller than limits.minImageSide pixels per side",
+    BUSY: "the request queue is full; the request was not processed (retry later)",
+    INFERENCE_FAILED: "the model failed on this image",
+    INTERNAL_ERROR: "an unexpected error; the service keeps running",
+}
+CONTENT_TYPES = frozenset(
+    {"image/jpeg", "image/jpg", "image/png", "image/bmp", "image/gif", "image/webp"}
+)
+_REQUEST_KEYS = frozenset(
+    {"RequestId", "ImagePath", "Body", "ContentType", "Frame", "IncludeMask", "Metadata"}
+)
+_FRAME_CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
+_MAX_REQUEST_ID = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A parsed request."""
+
+    request_id: str | None
+    source: ImageSource
+    include_mask: bool = True
+    metadata: Mapping[str, object] | None = None
+
+
+def request_id_of(payload: bytes) -> str | None:
+    """Best-effort `RequestId` of a payload that failed to parse, so its error reply carries it."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(body, dict):
+        value = body.get("RequestId")
+        if isinstance(value, str) and len(value) <= _MAX_REQUEST_ID:
+            return value
+    return None
+
+
+def _b64(value: object, field: str) -> bytes:
+    if not isinstance(value, str):
+        raise InputError(BAD_REQUEST, f"{field} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(BAD_REQUEST, f"{field} is not valid base64") from exc
+
+
+def _image_path(value: object, roots: Sequence[Path]) -> Path:
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise InputError(BAD_REQUEST, "ImagePath must be a non-empty string")
+    if not roots:
+        raise InputError(
+            PATH_REFUSED, "ImagePath is refused: no image root is configured (--image-root)"
+        )
+    given = Path(value)
+    candidates = [given] if given.is_absolute() else [root / given for root in roots]
+    for candidate in candidates:
+        try:
+            resolved = candidate.resolve(strict=True)  # follows every symlink and ".."
+        except (OSError, RuntimeError):
+            continue
+        for root in roots:
+            try:
+                real_root = root.resolve(strict=True)
+            except (OSError, RuntimeError):
+                continue
+            if resolved.is_relative_to(real_root):
+                if not resolved.is_file():
+                    raise InputError(IMAGE_UNREADABLE, f"ImagePath {value} is not a file")
+                return resolved
+        raise InputError(PATH_REFUSED, f"ImagePath {value} is outside the configured image roots")
+    raise InputError(IMAGE_UNREADABLE, f"ImagePath {value} does not exist")
+
+
+def _frame(value: object) -> RawFrame:
+    if not isinstance(value, dict):
+        raise InputError(BAD_REQUEST, "Frame must be an object with Width, Height, Encoding, Data")
+    unknown = sorted(set(value) - {"Width", "Height", "Encoding", "Data"})
+    if unknown:
+        raise InputError(BAD_REQUEST, f"Frame has unknown key(s) {unknown}")
+    width, height, encoding = value.get("Width"), value.get("Height"), value.get("Encoding")
+    for name, number in (("Width", width), ("Height", height)):
+        if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
+            raise InputError(BAD_REQUEST, f"Frame.{name} must be a positive integer")
+    if encoding not in _FRAME_CHANNELS:
+        raise InputError(BAD_REQUEST, f"Frame.Encoding must be one of {sorted(_FRAME_CHANNELS)}")
+    assert isinstance(width, int) and isinstance(height, int)  # noqa: S101, PT018 - checked above
+    channels = _FRAME_CHANNELS[str(encoding)]
+    expected = width * height * channels
+    if expected > 4096 * 4096 * 3:
+        raise InputError(IMAGE_TOO_LARGE, f"Frame {width}×{height} is larger than 4096×4096")
+    data = _b64(value.get("Data"), "Frame.Data")
+    if len(data) != expected:
+        raise InputError(
+            BAD_REQUEST,
+            f"Frame.Data has {len(data)} bytes; {width}×{height} {encoding} needs {expected}",
+        )
+    pixels = np.frombuffer(data, dtype=np.uint8).reshape(
+        (height, width, channels) if channels > 1 else (height, width)
+    )
+    return RawFrame(pixels=pixels, order="bgr" if encoding == "bgr8" else "rgb")
+
+
+def parse_request(
+    payload: bytes, *, image_roots: Sequence[Path], max_payload_bytes: int
+) -> Request:
+    """Parse a request payload (JSON, or a bare encoded image).
+
+    Raises:
+        InputError: with a code from `ERROR_CODES`.
+    """
+    if len(payload) > max_payload_bytes:
+        raise InputError(
+            PAYLOAD_TOO_LARGE, f"payload is {len(payload)} bytes; the limit is {max_payload_bytes}"
+        )
+    if payload.lstrip()[:1] != b"{":
+        if sniff_size(payload) is not None:
+            return Request(request_id=None, source=EncodedImage(payload))
+        raise InputError(BAD_REQUEST, "payload is neither a JSON request nor an image")
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(BAD_REQUEST, f"payload is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InputError(BAD_REQUEST, "the request must be a JSON object")
+    request_id = body.get("RequestId")
+    if request_id is not None and (
+        not isinstance(request_id, str) or not 0 < len(request_id) <= _MAX_REQUEST_ID
+    ):
+        raise InputError(
+            BAD_REQUEST, f"RequestId must be a string of 1–{_MAX_REQUEST_ID} characters"
+        )
+    unknown = sorted(set(body) - _REQUEST_KEYS)
+    if unknown:
+        raise InputError(BAD_REQUEST, f"unknown key(s) {unknown} (known: {sorted(_REQUEST_KEYS)})")
+    sources = [key for key in ("ImagePath", "Body", "Frame") if key in body]
+    if len(sources) != 1:
+        raise InputError(BAD_REQUEST, "a request needs exactly one of ImagePath, Body, Frame")
+    include_mask = body.get("IncludeMask", True)
+    if not isinstance(include_mask, bool):
+        raise InputError(BAD_REQUEST, "IncludeMask must be true or false")
+    metadata = body.get("Metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InputError(BAD_REQUEST, "Metadata must be a JSON object")
+    source: ImageSource
+    if sources[0] == "ImagePath":
+        source = ImageFile(_image_path(body["ImagePath"], image_roots))
+    elif sources[0] == "Body":
+        content_type = body.get("ContentType")
+        if content_type is not None and str(content_type).lower() not in CONTENT_TYPES:
+            raise InputError(
+                BAD_REQUEST, f"ContentType {content_type!r} is not one of {sorted(CONTENT_TYPES)}"
+            )
+        source = EncodedImage(_b64(body["Body"], "Body"))
+    else:
+        source = _frame(body["Frame"])
+    return Request(
+        request_id=request_id, source=source, include_mask=include_mask, metadata=metadata
+    )
+
+
+def utc_timestamp(now: float | None = None) -> str:
+    """ISO-8601 UTC with milliseconds and a Z."""
+    moment = (
+        datetime.now(tz=timezone.utc)
+        if now is None
+        else datetime.fromtimestamp(now, tz=timezone.utc)
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIdentity:
+    """Which model produced a verdict."""
+
+    name: str
+    version: str
+
+
+def encode_result(
+    request: Request,
+    inspection: Inspection,
+    model: ModelIdentity,
+    *,
+    include_mask: bool = True,
+    max_bytes: int | None = None,
+    extra: Mapping[str, object] | None = None,
+) -> bytes:
+    """The success reply. Drops the mask (and says so) when the reply would exceed `max_bytes`."""
+    verdict = inspection.verdict
+    with_mask = include_mask and request.include_mask and verdict.mask is not None
+    body: dict[str, object] = {
+        "SchemaVersion": SCHEMA_VERSION,
+        "RequestId": request.request_id,
+        "DetectAnomalyResult": verdict.to_lfv(include_mask=with_mask),
+        "Model": {"Name": model.name, "Version": model.version},
+        "Threshold": verdict.threshold,
+        "Score": verdict.score,
+        "Timestamp": utc_timestamp(),
+        "TimingsMs": inspection.timings.to_dict(),
+    }
+    if verdict.mask is not None and not with_mask:
+        body["AnomalyMaskOmitted"] = "not requested"
+    if request.metadata is not None:
+        body["Metadata"] = request.metadata
+    if extra:
+        body.update(extra)
+    encoded = json.dumps(body, separators=(",", ":")).encode()
+    if max_bytes is not None and len(encoded) > max_bytes and with_mask:
+        body["DetectAnomalyResult"] = verdict.to_lfv(include_mask=False)
+        body["AnomalyMaskOmitted"] = f"the reply would exceed {max_bytes} bytes"
+        encoded = json.dumps(body, separators=(",", ":")).encode()
+    return encoded
+
+
+def encode_error(request_id: str | None, code: str, message: str) -> bytes:
+    """An error reply with a stable code."""
+    body = {
+        "SchemaVersion": SCHEMA_VERSION,
+        "RequestId": request_id,
+        "Error": {"Code": code, "Message": message[:1000]},
+        "Timestamp": utc_timestamp(),
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def environment_identity(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Device identity fields for replies and stats (the Greengrass thing name, when set)."""
+    thing = environ.get("AWS_IOT_THING_NAME")
+    return {"ThingName": thing} if thing else {}
