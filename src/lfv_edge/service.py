@@ -1,0 +1,377 @@
+"""The inspection service: transports in, a three-stage pipeline, replies out. Owns every thread.
+
+    transport threads ──enqueue──▶ inbox (bounded, OverflowPolicy) ──▶ [prepare] parse, decode,
+        pre-process into a pooled tensor ──▶ (1 slot) ──▶ [model] DLR run, the model's only
+        thread ──▶ [finish] post-process, encode, publish, stats
+
+Decoding and pre-processing of the next image overlap with inference of the current one; the
+slot of one between them bounds both memory and latency. Every message gets exactly one
+reply: a verdict, or an error with a stable code (messages.ERROR_CODES) — including the ones
+refused because the queue is full (`Busy`). A failure while handling one message becomes its
+error reply; no message can stop a worker.
+
+Live changes (Greengrass configuration, model swaps) take effect between messages: settings
+are an immutable snapshot read once per message, and each prepared message carries the
+inspector it was prepared for, so a model swap never mixes tensors and models.
+
+`stop()` is the SIGTERM path: stop receiving, drain what was received, publish, close.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lfv_edge.config import OverflowPolicy
+from lfv_edge.errors import InputError, LfvEdgeError, TransportError
+from lfv_edge.messages import (
+    BUSY,
+    INFERENCE_FAILED,
+    INTERNAL_ERROR,
+    ModelIdentity,
+    Request,
+    encode_error,
+    encode_result,
+    parse_request,
+    request_id_of,
+)
+from lfv_edge.pipeline import Inspector, Prepared
+from lfv_edge.stats import RateLimitedLog, Stats
+from lfv_edge.transports import IncomingMessage, Transport
+
+logger = logging.getLogger(__name__)
+
+_FINISH_QUEUE_SIZE = 10_000  # replies waiting to be published; only error replies can pile up
+_TENSOR_POOL = 3  # buffers per inspector: one being filled, one waiting, one running
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """What the pipeline reads per message; replaced whole on a configuration change."""
+
+    image_roots: tuple[Path, ...] = ()
+    max_payload_bytes: int = 16 << 20
+    include_mask: bool = True
+    overflow: OverflowPolicy = OverflowPolicy.REJECT
+    extra_reply_fields: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Job:
+    """One message on its way through the stages."""
+
+    message: IncomingMessage
+    request: Request | None = None
+    inspector: Inspector | None = None
+    prepared: Prepared | None = None
+    outputs: list[NDArray[np.float32]] | None = None
+    run_ms: float = 0.0
+    error: tuple[str, str] | None = None  # (code, message)
+
+
+class _TensorPool:
+    """Reusable input tensors of one inspector (12 MB each for a 1000×1000 model)."""
+
+    def __init__(self, inspector: Inspector) -> None:
+        self.inspector = inspector
+        self._free: queue.SimpleQueue[NDArray[np.float32]] = queue.SimpleQueue()
+        for _ in range(_TENSOR_POOL):
+            self._free.put(inspector.preprocessor.new_tensor())
+
+    def take(self) -> NDArray[np.float32]:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:  # more in flight than expected (a swap); allocate, don't wait
+            return self.inspector.preprocessor.new_tensor()
+
+    def give_back(self, tensor: NDArray[np.float32]) -> None:
+        self._free.put(tensor)
+
+
+class Service:
+    """Runs one inspector behind any number of transports."""
+
+    def __init__(
+        self,
+        inspector: Inspector,
+        transports: Sequence[Transport],
+        *,
+        settings: ServiceSettings | None = None,
+        queue_size: int = 8,
+        stats: Stats | None = None,
+        stats_interval_s: float = 60.0,
+    ) -> None:
+        self._inspector = inspector
+        self._pools: dict[int, _TensorPool] = {id(inspector): _TensorPool(inspector)}
+        self._transports = list(transports)
+        self.settings = settings or ServiceSettings()
+        self.stats = stats or Stats()
+        self._stats_interval_s = stats_interval_s
+        self._inbox: queue.Queue[IncomingMessage | None] = queue.Queue(maxsize=queue_size)
+        self._ready: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
+        self._finish: queue.Queue[_Job | None] = queue.Queue(maxsize=_FINISH_QUEUE_SIZE)
+        self._busy_log = RateLimitedLog()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self.fatal_reason: str | None = None
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers, then the transports (so nothing arrives before we can take it)."""
+        for name, target in (
+            ("lfv-prepare", self._prepare_loop),
+            ("lfv-model", self._model_loop),
+            ("lfv-finish", self._finish_loop),
+            ("lfv-stats", self._stats_loop),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        for transport in self._transports:
+            transport.start(self._on_message, self._on_fatal)
+        logger.info("serving model %s (%s) on %s", self._inspector.package.name,
+                    self._inspector.package.version, ", ".join(t.name for t in self._transports))  # fmt: skip
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop receiving, answer everything already received, close the transports.
+
+        Returns True when every worker finished within `timeout_s`.
+        """
+        if self._stopping.is_set():
+            return self._stopped.wait(timeout_s)
+        self._stopping.set()
+        deadline = time.monotonic() + timeout_s
+        for transport in self._transports:
+            try:
+                transport.stop_receiving()
+            except LfvEdgeError as exc:
+                logger.warning("%s: unsubscribe failed: %s", transport.name, exc)
+        try:
+            self._inbox.put(None, timeout=max(deadline - time.monotonic(), 0.1))
+        except queue.Full:
+            logger.error(
+                "the inbox did not drain in time; %d messages unanswered", self._inbox.qsize()
+            )
+        drained = True
+        for thread in self._threads[:3]:  # prepare, model, finish: each forwards the sentinel
+            thread.join(max(deadline - time.monotonic(), 0.0))
+            drained = drained and not thread.is_alive()
+        for transport in self._transports:
+            try:
+                transport.close(max(deadline - time.monotonic(), 1.0))
+            except LfvEdgeError as exc:
+                logger.warning("%s: close failed: %s", transport.name, exc)
+        self._stopped.set()
+        logger.info("stopped; %s", self.stats.snapshot(QueueDepth=self._inbox.qsize()))
+        return drained
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until `stop()` has finished (or a fatal transport error stopped us)."""
+        return self._stopped.wait(timeout_s)
+
+    def _on_fatal(self, reason: str) -> None:
+        logger.error("fatal transport error: %s", reason)
+        self.fatal_reason = reason
+        threading.Thread(target=self.stop, name="lfv-fatal-stop", daemon=True).start()
+
+    # --- live changes ----------------------------------------------------------------
+
+    @property
+    def inspector(self) -> Inspector:
+        """The inspector new messages are prepared with."""
+        return self._inspector
+
+    def replace_inspector(self, inspector: Inspector) -> None:
+        """Use another inspector (new model or new threshold) from the next message on."""
+        self._pools[id(inspector)] = _TensorPool(inspector)
+        old, self._inspector = self._inspector, inspector
+        if old is not inspector:
+            logger.info(
+                "inspector replaced: model %s %s", inspector.package.name, inspector.package.version
+            )
+
+    def update_settings(self, settings: ServiceSettings, queue_size: int | None = None) -> None:
+        """Apply new settings from the next message on."""
+        self.settings = settings
+        if queue_size is not None and queue_size != self._inbox.maxsize:
+            with self._inbox.mutex:  # Queue has no public resize; maxsize is read under this lock
+                self._inbox.maxsize = queue_size
+                self._inbox.not_full.notify_all()
+
+    def queue_depth(self) -> int:
+        return self._inbox.qsize()
+
+    # --- transport threads -------------------------------------------------------------
+
+    def _on_message(self, message: IncomingMessage) -> None:
+        """Runs on a transport thread: enqueue, never block."""
+        self.stats.count_received()
+        if self._stopping.is_set():
+            self._reply_error(_Job(message), BUSY, "the service is shutting down")
+            return
+        try:
+            self._inbox.put_nowait(message)
+            return
+        except queue.Full:
+            pass
+        refused = message
+        if self.settings.overflow is OverflowPolicy.DROP_OLDEST:
+            try:
+                oldest = self._inbox.get_nowait()
+                self._inbox.put_nowait(message)
+            except (queue.Empty, queue.Full):
+                oldest = message
+            if oldest is None:  # the stop sentinel: put it back, refuse the newcomer
+                self._inbox.put(None)
+            else:
+                refused = oldest
+        suppressed = self._busy_log.ready()
+        if suppressed is not None:
+            logger.warning("queue full (%d): answering Busy (%s); %d more since the last warning",
+                           self._inbox.maxsize, self.settings.overflow.value, suppressed)  # fmt: skip
+        self._reply_error(_Job(refused), BUSY, f"the request queue is full ({self._inbox.maxsize})")
+
+    # --- workers -----------------------------------------------------------------------
+
+    def _reply_error(self, job: _Job, code: str, message: str) -> None:
+        job.error = (code, message)
+        job.outputs = None
+        try:
+            self._finish.put_nowait(job)
+        except queue.Full:
+            self.stats.count_error(code)
+            logger.error("reply queue full: request dropped without a reply (%s)", code)
+
+    def _prepare_loop(self) -> None:
+        while True:
+            message = self._inbox.get()
+            if message is None:
+                self._ready.put(None)
+                return
+            job = _Job(message)
+            try:
+                settings = self.settings
+                job.request = parse_request(
+                    message.payload,
+                    image_roots=settings.image_roots,
+                    max_payload_bytes=settings.max_payload_bytes,
+                )
+                inspector = self._inspector
+                pool = self._pools[id(inspector)]
+                job.inspector = inspector
+                job.prepared = inspector.prepare(job.request.source, out=pool.take())
+            except InputError as exc:
+                self._reply_error(job, exc.code, exc.message)
+                continue
+            except Exception as exc:
+                logger.exception("preparing a message failed")
+                self._reply_error(job, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+                continue
+            self._ready.put(job)
+
+    def _model_loop(self) -> None:
+        while True:
+            job = self._ready.get()
+            if job is None:
+                self._finish.put(None)
+                return
+            assert job.inspector is not None and job.prepared is not None  # noqa: S101, PT018
+            try:
+                job.outputs, job.run_ms = job.inspector.infer(job.prepared)
+            except LfvEdgeError as exc:
+                job.error = (INFERENCE_FAILED, str(exc))
+            except Exception as exc:
+                logger.exception("inference failed")
+                job.error = (INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
+            finally:
+                # DLR copied the input in SetDLRInput: the buffer is free again.
+                self._pools[id(job.inspector)].give_back(job.prepared.tensor)
+            self._finish.put(job)
+
+    def _finish_loop(self) -> None:
+        while True:
+            job = self._finish.get()
+            if job is None:
+                return
+            try:
+                self._finish_one(job)
+            except Exception:
+                logger.exception("finishing a message failed")
+
+    def _finish_one(self, job: _Job) -> None:
+        request_id = job.request.request_id if job.request else None
+        payload: bytes | None = None
+        is_anomalous: bool | None = None
+        stages: dict[str, float] | None = None
+        if job.error is None and job.outputs is not None:
+            assert (
+                job.inspector is not None and job.prepared is not None and job.request is not None
+            )  # noqa: S101, PT018
+            try:
+                inspection = job.inspector.finish(job.prepared, job.outputs, job.run_ms)
+                package = job.inspector.package
+                payload = encode_result(
+                    job.request,
+                    inspection,
+                    ModelIdentity(package.name, package.version),
+                    include_mask=self.settings.include_mask,
+                    max_bytes=job.message.reply.max_bytes,
+                    extra=self.settings.extra_reply_fields,
+                )
+                is_anomalous = inspection.verdict.is_anomalous
+                stages = inspection.timings.to_dict()
+            except LfvEdgeError as exc:
+                job.error = (INFERENCE_FAILED, str(exc))
+            except Exception as exc:
+                logger.exception("post-processing failed")
+                job.error = (INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        if job.error is not None:
+            code, text = job.error
+            if request_id is None:
+                request_id = request_id_of(job.message.payload)
+            payload = encode_error(request_id, code, text)
+            self.stats.count_error(code)
+            logger.info("error request_id=%s code=%s: %s", request_id, code, text)
+        assert payload is not None  # noqa: S101
+        try:
+            self._transport_for(job.message).publish(job.message.reply, payload)
+        except TransportError as exc:
+            self.stats.count_publish_failure()
+            logger.warning("reply request_id=%s not published: %s", request_id, exc)
+            return
+        latency_ms = (time.perf_counter() - job.message.received_at) * 1000.0
+        self.stats.record_reply(latency_ms, is_anomalous=is_anomalous, stages_ms=stages)
+
+    def _transport_for(self, message: IncomingMessage) -> Transport:
+        for transport in self._transports:
+            if transport.name == message.reply.transport:
+                return transport
+        raise TransportError(f"no transport named {message.reply.transport!r}")
+
+    def _stats_loop(self) -> None:
+        if self._stats_interval_s <= 0:
+            return
+        while not self._stopping.wait(self._stats_interval_s):
+            snapshot = self.stats.snapshot(
+                QueueDepth=self._inbox.qsize(),
+                Model=self._inspector.package.name,
+                **self.settings.extra_reply_fields,
+            )
+            logger.info("stats %s", snapshot)
+            payload = json.dumps(snapshot, separators=(",", ":")).encode()
+            for transport in self._transports:
+                try:
+                    transport.publish_stats(payload)
+                except TransportError as exc:
+                    logger.warning("%s: stats not published: %s", transport.name, exc)

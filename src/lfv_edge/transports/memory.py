@@ -1,0 +1,88 @@
+"""`MemoryTransport`: an in-process transport for tests and embedding, shipped with the port."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from lfv_edge.errors import TransportError
+from lfv_edge.transports import FatalHandler, IncomingMessage, MessageHandler, ReplyRoute
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One message the service published."""
+
+    topic: str
+    payload: bytes
+    correlation_data: bytes | None
+
+
+class MemoryTransport:
+    """Delivers payloads you hand it and records what the service publishes."""
+
+    name = "memory"
+
+    def __init__(
+        self, *, results_topic: str = "results", stats_topic: str | None = "stats"
+    ) -> None:
+        self.results_topic = results_topic
+        self.stats_topic = stats_topic
+        self.published: list[Published] = []
+        self.fail_publishes = False  # make publish raise, to test failure handling
+        self._handler: MessageHandler | None = None
+        self._on_fatal: FatalHandler | None = None
+        self._receiving = False
+        self._changed = threading.Condition()
+        self.closed = False
+
+    def start(self, handler: MessageHandler, on_fatal: FatalHandler) -> None:
+        self._handler, self._on_fatal = handler, on_fatal
+        self._receiving = True
+
+    def deliver(
+        self, payload: bytes, *, correlation_data: bytes | None = None, max_bytes: int | None = None
+    ) -> bool:
+        """Hand a request to the service as a transport thread would; False once unsubscribed."""
+        if not self._receiving or self._handler is None:
+            return False
+        route = ReplyRoute(self.results_topic, self.name, self.name, correlation_data, max_bytes)
+        self._handler(IncomingMessage(payload, route))
+        return True
+
+    def fail(self, reason: str) -> None:
+        """Simulate a fatal transport failure."""
+        if self._on_fatal is not None:
+            self._on_fatal(reason)
+
+    def publish(self, route: ReplyRoute, payload: bytes) -> None:
+        if self.fail_publishes:
+            raise TransportError("memory transport told to fail")
+        with self._changed:
+            self.published.append(Published(route.topic, payload, route.correlation_data))
+            self._changed.notify_all()
+
+    def publish_stats(self, payload: bytes) -> None:
+        if self.stats_topic is not None:
+            self.publish(ReplyRoute(self.stats_topic, self.name), payload)
+
+    def stop_receiving(self) -> None:
+        self._receiving = False
+
+    def close(self, timeout_s: float) -> None:
+        self.closed = True
+
+    def wait_for(
+        self, count: int, *, topic: str | None = None, timeout_s: float = 10.0
+    ) -> list[Published]:
+        """Block until `count` messages were published (on `topic`, if given); return them."""
+
+        def matching() -> list[Published]:
+            return [p for p in self.published if topic is None or p.topic == topic]
+
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(matching()) >= count, timeout=timeout_s):
+                raise TimeoutError(
+                    f"{len(matching())} of {count} messages published within {timeout_s} s"
+                )
+            return matching()
