@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 import os
 import queue
 import socket
@@ -61,6 +62,7 @@ from tests.fake_nucleus.eventstream import (
     encode_message,
     read_message,
 )
+from tests.fake_nucleus.rpc import MessageFlag, MessageType, RpcFrame, encode_rpc, to_rpc_frame
 from tests.fake_nucleus.topics import iot_core_filter_matches, local_filter_matches
 
 TIMEOUT_S = 5.0
@@ -578,6 +580,96 @@ def test_unknown_operation_fails_the_call_with_stream_closed(
     # then
     assert nucleus.unsupported_operations == ["aws.greengrass#ListComponents"]
     client.ipc.update_state_async(state="RUNNING").result(timeout=TIMEOUT_S)  # still connected
+
+
+@contextmanager
+def raw_socket(nucleus: FakeNucleus) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(TIMEOUT_S)  # a missing reply fails the test instead of hanging it
+    with sock:
+        sock.connect(nucleus.socket_path)
+        yield sock
+
+
+def read_rpc(sock: socket.socket) -> RpcFrame:
+    message = read_message(sock)
+    assert message is not None, "the nucleus closed the connection"
+    return to_rpc_frame(message)
+
+
+def connect_frame(token: str, version: str = "0.1.0") -> bytes:
+    return encode_rpc(
+        MessageType.CONNECT,
+        headers=[Header.string(":version", version)],
+        payload=json.dumps({"authToken": token}).encode(),
+    )
+
+
+def test_wire_handshake_ping_request_and_corrupt_frame(nucleus: FakeNucleus) -> None:
+    with raw_socket(nucleus) as sock:
+        # CONNECT is answered on stream 0 with CONNECTION_ACCEPTED
+        sock.sendall(connect_frame(SVCUID))
+        ack = read_rpc(sock)
+        assert (ack.message_type, ack.flags, ack.stream_id) == (
+            MessageType.CONNECT_ACK,
+            MessageFlag.CONNECTION_ACCEPTED,
+            0,
+        )
+        # PING echoes application headers and payload, not ':' ones
+        sock.sendall(
+            encode_rpc(
+                MessageType.PING,
+                headers=[Header.string("x-echo", "1"), Header.string(":private", "no")],
+                payload=b"ping",
+            )
+        )
+        pong = read_rpc(sock)
+        assert (pong.message_type, pong.headers, pong.payload) == (
+            MessageType.PING_RESPONSE,
+            (Header.string("x-echo", "1"),),
+            b"ping",
+        )
+        # a unary request on stream 1 gets a JSON response that terminates the stream
+        sock.sendall(
+            encode_rpc(
+                MessageType.APPLICATION_MESSAGE,
+                stream_id=1,
+                headers=[
+                    Header.string("operation", "aws.greengrass#GetConfiguration"),
+                    Header.string(":content-type", "application/json"),
+                    Header.string("service-model-type", "aws.greengrass#GetConfigurationRequest"),
+                ],
+                payload=b'{"keyPath": ["InferenceInterval"]}',
+            )
+        )
+        response = read_rpc(sock)
+        assert (response.stream_id, response.flags) == (1, MessageFlag.TERMINATE_STREAM)
+        assert response.string_header("service-model-type") == (
+            "aws.greengrass#GetConfigurationResponse"
+        )
+        assert json.loads(response.payload)["value"] == {"InferenceInterval": "5"}
+        # a corrupt frame drops the connection
+        corrupt = bytearray(encode_rpc(MessageType.PING))
+        corrupt[-1] ^= 0x01
+        sock.sendall(bytes(corrupt))
+        assert read_message(sock) is None, "the nucleus closed the connection"
+    assert "message CRC mismatch" in nucleus.protocol_errors[-1]
+
+
+def test_wire_protocol_violations(nucleus: FakeNucleus) -> None:
+    with raw_socket(nucleus) as sock:
+        # anything before CONNECT is a protocol error
+        sock.sendall(encode_rpc(MessageType.PING))
+        assert read_rpc(sock).message_type is MessageType.PROTOCOL_ERROR
+        assert read_message(sock) is None
+    with raw_socket(nucleus) as sock:
+        # a CONNECT for another protocol version is refused
+        sock.sendall(connect_frame(SVCUID, version="0.2.0"))
+        refused = read_rpc(sock)
+        assert (refused.message_type, refused.flags) == (MessageType.CONNECT_ACK, MessageFlag.NONE)
+        assert read_message(sock) is None
+    assert nucleus.rejected_connects == 1
+    assert nucleus.protocol_errors == ["connection 1: PING before CONNECT"]
 
 
 COMPONENT_SCRIPT = textwrap.dedent(

@@ -117,6 +117,14 @@ class _Connection:
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
 
+    @property
+    def caller(self) -> str:
+        """The authenticated component; operations only run after CONNECT was accepted."""
+        if self.component is None:
+            msg = f"connection {self.number}: operation before an accepted CONNECT"
+            raise ProtocolError(msg)
+        return self.component
+
     def send(self, frame: bytes) -> bool:
         """Write one whole frame; False if the connection is gone."""
         with self.send_lock:
@@ -700,7 +708,7 @@ class FakeNucleus:
         finally:
             with self._cond:
                 report = self._pending_validations.pop(key, None)
-        if report is None:  # pragma: no cover - _wait raised already
+        if report is None:  # only if two calls raced on the same deployment id
             msg = f"no validity report for {deployment_id}"
             raise TimeoutError(msg)
         return report
@@ -939,7 +947,7 @@ class FakeNucleus:
         self, connection: _Connection, request: dict[str, Any]
     ) -> tuple[dict[str, Any], _Subscription | None]:
         # ConfigStoreIPCEventStreamAgent.GetConfigurationOperationHandler
-        name = request.get("componentName") or connection.component
+        name = request.get("componentName") or connection.caller
         key_path = _key_path(request)
         with self._cond:
             component = self._components.get(str(name))
@@ -956,7 +964,6 @@ class FakeNucleus:
     ) -> tuple[dict[str, Any], _Subscription | None]:
         # ConfigStoreIPCEventStreamAgent.UpdateConfigurationOperationHandler. Simplified: the
         # timestamp must be present but is not compared with per-leaf modification times.
-        assert connection.component is not None
         if request.get("timestamp") is None:
             raise _invalid("Timestamp is required")
         value = request.get("valueToMerge")
@@ -969,7 +976,7 @@ class FakeNucleus:
         if (not key_path and "accessControl" in value) or key_path[:1] == ["accessControl"]:
             raise _invalid("Config update is not allowed for following fields [accessControl]")
         with self._cond:
-            component = self._components[connection.component]
+            component = self._components[connection.caller]
             changed = component.store.merge_at(key_path, value)
             pushes = self._configuration_events(component.name, changed)
         self._push(pushes)
@@ -994,8 +1001,7 @@ class FakeNucleus:
     def _subscribe_to_configuration_update(
         self, connection: _Connection, request: dict[str, Any]
     ) -> tuple[dict[str, Any], _Subscription | None]:
-        assert connection.component is not None
-        name = request.get("componentName") or connection.component
+        name = request.get("componentName") or connection.caller
         key_path = _key_path(request)
         with self._cond:
             component = self._components.get(str(name))
@@ -1006,7 +1012,7 @@ class FakeNucleus:
             "configuration",
             connection,
             0,
-            connection.component,
+            connection.caller,
             target=str(name),
             key_path=found[0],
         )
@@ -1015,20 +1021,18 @@ class FakeNucleus:
     def _subscribe_to_validate(
         self, connection: _Connection, request: dict[str, Any]
     ) -> tuple[dict[str, Any], _Subscription | None]:
-        assert connection.component is not None
         subscription = _Subscription(
             "validate_configuration",
             connection,
             0,
-            connection.component,
-            target=connection.component,
+            connection.caller,
+            target=connection.caller,
         )
         return {}, subscription
 
     def _send_validity_report(
         self, connection: _Connection, request: dict[str, Any]
     ) -> tuple[dict[str, Any], _Subscription | None]:
-        assert connection.component is not None
         report = request.get("configurationValidityReport")
         if not isinstance(report, dict):
             raise _invalid("configurationValidityReport is required")
@@ -1037,7 +1041,7 @@ class FakeNucleus:
             raise _invalid(
                 "Cannot accept configuration validity report, the deployment ID provided was null"
             )
-        key = (connection.component, str(deployment_id))
+        key = (connection.caller, str(deployment_id))
         with self._cond:
             if key not in self._pending_validations or self._pending_validations[key] is not None:
                 raise _invalid("Validation request either timed out or was never made")
@@ -1054,12 +1058,11 @@ class FakeNucleus:
     ) -> tuple[dict[str, Any], _Subscription | None]:
         # LifecycleIPCEventStreamAgent.UpdateStateOperationHandler. Simplified: an unknown state
         # is an InvalidArgumentsError here; the Java server fails it with an unmodeled error.
-        assert connection.component is not None
         state = request.get("state")
         if state not in _REPORTED_STATES:
             raise _invalid(f"Invalid state {state!r}: expected one of {list(_REPORTED_STATES)}")
         with self._cond:
-            self._states.append(StateReport(connection.component, str(state)))
+            self._states.append(StateReport(connection.caller, str(state)))
             self._cond.notify_all()
         return {}, None
 
@@ -1084,10 +1087,9 @@ class FakeNucleus:
     ) -> tuple[dict[str, Any], _Subscription | None]:
         # MqttProxyIPCAgent.PublishToIoTCoreOperationHandler, then MqttClient.publish's checks
         # (size, wildcards, topic limits), which the agent reports as ServiceError.
-        assert connection.component is not None
         topic = self._iot_topic(request)
         self._authorize(
-            connection.component,
+            connection.caller,
             MQTT_PROXY_SERVICE,
             "PublishToIoTCore",
             topic,
@@ -1113,7 +1115,7 @@ class FakeNucleus:
         if problem is not None:
             raise _IpcError("ServiceError", f"Publish to topic {topic} failed: {problem}")
         record = IotCorePublish(
-            component=connection.component,
+            component=connection.caller,
             topic=topic,
             qos=qos,
             payload=payload,
@@ -1129,10 +1131,9 @@ class FakeNucleus:
         self, connection: _Connection, request: dict[str, Any]
     ) -> tuple[dict[str, Any], _Subscription | None]:
         # MqttProxyIPCAgent.SubscribeToIoTCoreOperationHandler
-        assert connection.component is not None
         topic = self._iot_topic(request)
         self._authorize(
-            connection.component,
+            connection.caller,
             MQTT_PROXY_SERVICE,
             "SubscribeToIoTCore",
             topic,
@@ -1145,19 +1146,18 @@ class FakeNucleus:
             raise _IpcError(
                 "ServiceError", f"Subscribe to topic {topic} failed with error {problem}"
             )
-        return {}, _Subscription("iot_core", connection, 0, connection.component, topic=topic)
+        return {}, _Subscription("iot_core", connection, 0, connection.caller, topic=topic)
 
     def _publish_to_topic(
         self, connection: _Connection, request: dict[str, Any]
     ) -> tuple[dict[str, Any], _Subscription | None]:
         # PubSubIPCEventStreamAgent.PublishToTopicOperationHandler: authorize, then reject
         # wildcards, then fan out to every matching subscription.
-        assert connection.component is not None
         topic = request.get("topic")
         if not isinstance(topic, str):
             raise _invalid("Publish topic must not be null")
         self._authorize(
-            connection.component, PUBSUB_SERVICE, "PublishToTopic", topic, LookupPolicy.STANDARD
+            connection.caller, PUBSUB_SERVICE, "PublishToTopic", topic, LookupPolicy.STANDARD
         )
         if any(char in topic for char in "+#*"):
             raise _invalid("Publish topic must not contain a wildcard.")
@@ -1175,14 +1175,14 @@ class FakeNucleus:
         with self._cond:
             self._local_publishes.append(
                 LocalPublish(
-                    component=connection.component,
+                    component=connection.caller,
                     topic=topic,
                     binary_message=payload if isinstance(payload, bytes) else None,
                     json_message=payload if isinstance(payload, dict) else None,
                 )
             )
             self._cond.notify_all()
-        self._push(self._local_fan_out(connection.component, topic, payload))
+        self._push(self._local_fan_out(connection.caller, topic, payload))
         return {}, None
 
     def _local_fan_out(
@@ -1208,12 +1208,11 @@ class FakeNucleus:
         self, connection: _Connection, request: dict[str, Any]
     ) -> tuple[dict[str, Any], _Subscription | None]:
         # PubSubIPCEventStreamAgent.SubscribeToTopicOperationHandler
-        assert connection.component is not None
         topic = request.get("topic")
         if not isinstance(topic, str) or not topic:
             raise _invalid("Subscribe topic must not be empty")
         self._authorize(
-            connection.component, PUBSUB_SERVICE, "SubscribeToTopic", topic, LookupPolicy.STANDARD
+            connection.caller, PUBSUB_SERVICE, "SubscribeToTopic", topic, LookupPolicy.STANDARD
         )
         mode = request.get("receiveMode")
         if mode is None:
@@ -1221,6 +1220,6 @@ class FakeNucleus:
         elif mode not in (_RECEIVE_ALL, _RECEIVE_FROM_OTHERS):
             raise _invalid(f"Invalid receiveMode {mode!r}")
         subscription = _Subscription(
-            "local", connection, 0, connection.component, topic=topic, receive_mode=str(mode)
+            "local", connection, 0, connection.caller, topic=topic, receive_mode=str(mode)
         )
         return {}, subscription
