@@ -6,12 +6,16 @@ test failure, never a silent skip. Every test gets its own package cache folder.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from lfv_edge import cpu_runtime
 from lfv_edge.archive import CACHE_DIR_ENV
+from lfv_edge.modelbuild.compile import compile_kernels
+from lfv_edge.modelbuild.package import PackageSpec, build_lfv_package
+from lfv_edge.runner import configure_threads
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +37,46 @@ def _private_package_cache(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.mktemp("cache")))
+
+
+class PackageFactory:
+    """Builds LFV-style packages with our model builder, once per distinct spec per test run."""
+
+    def __init__(self, root: Path, kernels: Path, libdlr: Path) -> None:
+        self._root = root
+        self._kernels = kernels
+        self._libdlr = libdlr
+        self._built: dict[tuple[str, bool], Path] = {}
+
+    def __call__(self, spec: PackageSpec | None = None, *, with_libdlr: bool = True) -> Path:
+        spec = spec or PackageSpec()
+        key = (repr(spec), with_libdlr)
+        if key not in self._built:
+            dest = self._root / f"pkg{len(self._built)}"
+            build_lfv_package(
+                dest, spec, libdlr=self._libdlr if with_libdlr else None, kernels=self._kernels
+            )
+            self._built[key] = dest
+        return self._built[key]
+
+    def copy(
+        self, spec: PackageSpec | None = None, *, with_libdlr: bool = True, dest: Path
+    ) -> Path:
+        """A private, mutable copy of a built package (for breaking it)."""
+        shutil.copytree(self(spec, with_libdlr=with_libdlr), dest)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def kernels_so(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Our C kernels, compiled once per run into a private cache."""
+    return compile_kernels(cache_dir=tmp_path_factory.mktemp("kernels"))
+
+
+@pytest.fixture(scope="session")
+def make_package(
+    tmp_path_factory: pytest.TempPathFactory, kernels_so: Path, cpu_libdlr: Path
+) -> PackageFactory:
+    """`make_package(PackageSpec(...))` → a package folder built by our builder (cached)."""
+    configure_threads(None)  # before the first inference: TVM_BIND_THREADS=0
+    return PackageFactory(tmp_path_factory.mktemp("packages"), kernels_so, cpu_libdlr)
