@@ -77,7 +77,7 @@ def test_sources_zip_and_folder_agree(make_package: PackageFactory, tmp_path: Pa
     archive = zip_package(folder, tmp_path / "pkg.zip")
     image = _red_image(100, 100, 0.8)
     png = write_image(tmp_path / "a.png", image)
-    results = []
+    results: list[float] = []
     for source in (folder, archive):
         inspector = Inspector.load(read_model_package(source), device="auto")
         sources = (
