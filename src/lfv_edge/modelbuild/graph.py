@@ -131,7 +131,7 @@ class GraphBuilder:
         return ref
 
     def _own(self, ref: TensorRef, what: str) -> int:
-        if not 0 <= ref.node < len(self._refs) or self._refs[ref.node] != ref:
+        if not 0 <= ref.node < len(self._refs) or self._refs[ref.node] is not ref:
             msg = f"{what}: {ref.name!r} does not belong to this graph"
             raise BuildError(msg)
         return ref.node

@@ -180,10 +180,10 @@ def network_for(spec: PackageSpec) -> Network:
         if spec.segmentation_head and len(spec.pixel_class_names) != networks.SEGMENTER_CLASSES:
             msg = f"the controllable segmenter has 3 pixel classes (background, red, blue), got {list(spec.pixel_class_names)}"
             raise BuildError(msg)
-        anomaly = spec.anomaly_index if spec.classification_head else 0
         if spec.classification_head and len(spec.class_names) != 2:
             msg = f"the controllable networks have 2 classes, got {list(spec.class_names)}"
             raise BuildError(msg)
+        anomaly = spec.anomaly_index if spec.classification_head else 0
         if spec.segmentation_head:
             network = networks.controllable_segmenter(
                 h,
