@@ -77,11 +77,13 @@ def import_dlr() -> types.ModuleType:
     with _import_lock:
         if _dlr_module is not None:
             return _dlr_module
-        if "dlr" in sys.modules and sys.modules.get(_PHONE_HOME_MODULE) is None:
+        existing = sys.modules.get(_PHONE_HOME_MODULE)
+        active = existing is None or getattr(existing, "MGR", None) is not None
+        if "dlr" in sys.modules and active:
+            # Someone imported dlr with its phone-home on: model loads would call home.
             msg = "dlr was imported before lfv-edge could disable its phone-home; refusing to run"
             raise ModelPackageError(msg)
-        existing = sys.modules.get(_PHONE_HOME_MODULE)
-        if existing is None or getattr(existing, "MGR", None) is not None:
+        if active:
             sys.modules[_PHONE_HOME_MODULE] = _phone_home_stub()
         try:
             import dlr
