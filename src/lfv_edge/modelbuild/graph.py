@@ -10,7 +10,24 @@ storage id (at 1000×1000 a segmenter's activations would otherwise take hundred
 `Network` is the layer API tests and demos use: each call checks shapes, records a `Layer`
 (so reference.py can evaluate the same network in float64) and maps to exactly one kernel
 symbol of kernels.c, with the stride/ReLU variant in the symbol name so no attribute is ever
-guessed. Pure: no dlr, no cv2.
+guessed. PyTorch → `Network` (weights as float32 numpy arrays; batch 1, NCHW):
+
+    nn.Conv2d(Ci, Co, K, stride=S, padding=K//2)   conv2d(x, w, b, stride=S)   K 1|3, S 1|2
+      … followed by nn.ReLU                        conv2d(…, relu=True)
+      … with bias=False                            pass b = zeros(Co)
+      … followed by nn.BatchNorm2d (eval)          fold: w·γ/σ, (b−μ)·γ/σ+β first
+    nn.Conv2d(C, C, 3, S, padding=1, groups=C)     depthwise_conv2d(x, w, b, stride=S, relu=…)
+    nn.ReLU / a + b / F.relu(a + b)                relu(x) / add(a, b) / add(a, b, relu=True)
+    nn.MaxPool2d(2, 2)                             maxpool2(x)
+    nn.AdaptiveAvgPool2d(1) + flatten              global_avg_pool(x)          [1,C,H,W] → [1,C]
+    nn.Linear(K, M)                                dense(x, w, b)
+    softmax(dim=1) on [1,M] / on [1,C,H,W]         softmax(x) / softmax_channels(x)
+    F.interpolate(scale_factor=f, mode="nearest")  upsample_nearest(x, f)      integer f
+    F.interpolate(scale_factor=f, mode="bilinear", align_corners=False)
+                                                   upsample_bilinear(x, f)     integer f
+    torch.cat([a, b], dim=1)                       concat(a, b)
+
+Pure: no dlr, no cv2.
 """
 
 from __future__ import annotations
