@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from lfv_edge import __version__, cpu_runtime
+from lfv_edge.commands import register_all
 from lfv_edge.errors import (
     ConfigError,
     InputError,
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--wheel", help="use this downloaded dlr-1.6.0 wheel (offline install)")
     runtime_commands.add_parser("status", help="show where the CPU runtime is")
     runtime.set_defaults(handler=_cmd_runtime)
+    register_all(commands)
     return parser
 
 
