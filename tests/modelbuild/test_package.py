@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -277,3 +280,21 @@ def test_cli_reports_build_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     # then
     assert code == 1, "build errors exit 1"
     assert "background" in capsys.readouterr().err, "the message names the problem"
+
+
+def test_module_entry_point_builds_a_folder(tmp_path: Path, kernels: Path) -> None:
+    # given: the session's kernel cache, so the child does not compile again
+    env = {**os.environ, "LFV_EDGE_KERNEL_CACHE": str(kernels.parent)}
+    dest = tmp_path / "reference-package"
+    # when
+    completed = subprocess.run(
+        [sys.executable, "-m", "lfv_edge.modelbuild", str(dest), "--network", "reference",
+         "--width", "50", "--height", "30", "--meta", "none", "--no-libdlr"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    # then
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == str(dest), "prints where the package went"
+    assert {p.name for p in (dest / "mochi").iterdir()} == {
+        "compiled.so", "compiled_model.json", "compiled.params"
+    }, "no .meta, no libdlr.so"  # fmt: skip
