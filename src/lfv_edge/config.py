@@ -30,7 +30,11 @@ Example (all keys; only `model.path` and one transport are required):
      "ipc": {"localRequestsTopic": "lfv/requests", "localResultsTopic": "lfv/results",
              "iotCoreRequestsTopic": "lfv/{thingName}/requests",
              "iotCoreResultsTopic": "lfv/{thingName}/results", "statsTopic": "lfv/stats",
-             "timeoutS": 10}}
+             "timeoutS": 10},
+     "agent": {"socket": "unix:///tmp/aws.iot.lookoutvision.EdgeAgent.sock", "socketMode": "0660",
+               "models": {"com.example.PartsModel": "/models/parts.zip"},
+               "startModels": ["com.example.PartsModel"], "maxPendingPerModel": 4,
+               "publishResults": false}}
 """
 
 from __future__ import annotations
@@ -148,10 +152,24 @@ class IpcConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ServiceConfig:
-    """Everything `lfv-edge serve` and the Greengrass component need."""
+class AgentConfig:
+    """The LFV Edge Agent gRPC API on a Unix socket, with named models (model components)."""
 
-    model: ModelConfig
+    socket: str = "unix:///tmp/aws.iot.lookoutvision.EdgeAgent.sock"  # the LFV agent's default
+    socket_mode: int = 0o660
+    models: Mapping[str, Path] = field(default_factory=dict)  # model component name → package
+    start_models: tuple[
+        str, ...
+    ] = ()  # started at launch (the agent's clients call StartModel too)
+    max_pending_per_model: int = 4
+    publish_results: bool = False  # also publish each gRPC verdict on the results topic(s)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """Everything `lfv-edge serve`, `lfv-edge agent` and the Greengrass component need."""
+
+    model: ModelConfig | None
     image_roots: tuple[Path, ...] = ()
     limits: LimitsConfig = LimitsConfig()
     queue: QueueConfig = QueueConfig()
@@ -160,6 +178,7 @@ class ServiceConfig:
     log_level: str = "INFO"
     mqtt: MqttConfig | None = None
     ipc: IpcConfig | None = None
+    agent: AgentConfig | None = None
 
 
 # --- parsing ---------------------------------------------------------------------------
@@ -429,8 +448,49 @@ def _ipc(environ: Mapping[str, str]) -> Callable[[object, str], IpcConfig]:
     return convert
 
 
+def _names(value: object, where: str) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    return tuple(_text(item, f"{where}[{i}]") for i, item in enumerate(items))
+
+
+def _agent(value: object, where: str) -> AgentConfig:
+    section = _Section(value, where)
+    section.check_keys(
+        ("socket", "socketMode", "models", "startModels", "maxPendingPerModel", "publishResults")
+    )
+    socket = section.get("socket", _text, "unix:///tmp/aws.iot.lookoutvision.EdgeAgent.sock")
+    if not socket.startswith("unix://") or len(socket) <= len("unix://"):
+        raise ConfigError(
+            f"{section.where('socket')}: expected unix:///path/to.sock, got {_show(socket)}"
+        )
+    mode_text = section.get("socketMode", lambda v, w: _text(str(v), w), "0660")
+    try:
+        mode = int(mode_text, 8)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{section.where('socketMode')}: expected an octal mode like 0660, got {_show(mode_text)}"
+        ) from exc
+    models_section = _Section(section.raw.get("models") or {}, section.where("models"))
+    models = {
+        name: _path(path, models_section.where(name)) for name, path in models_section.raw.items()
+    }
+    start: tuple[str, ...] = section.get("startModels", _names, ())
+    for name in start:
+        if name not in models:
+            raise ConfigError(f"{section.where('startModels')}: {name!r} is not in models")
+    return AgentConfig(
+        socket=socket,
+        socket_mode=mode,
+        models=models,
+        start_models=start,
+        max_pending_per_model=section.get("maxPendingPerModel", _int(1, 1000), 4),
+        publish_results=section.get("publishResults", _bool, False),
+    )
+
+
 TOP_LEVEL_KEYS = (
-    "model", "imageRoots", "limits", "queue", "results", "statsIntervalS", "logLevel", "mqtt", "ipc",
+    "model", "imageRoots", "limits", "queue", "results", "statsIntervalS", "logLevel", "mqtt",
+    "ipc", "agent",
 )  # fmt: skip
 
 
@@ -444,8 +504,8 @@ def parse_config(
     """
     section = _Section(raw, "")
     section.check_keys(TOP_LEVEL_KEYS)
-    return ServiceConfig(
-        model=section.require("model", _model),
+    config = ServiceConfig(
+        model=section.get("model", _model, None),
         image_roots=section.get("imageRoots", _path_list, ()),
         limits=section.get("limits", _limits, LimitsConfig()),
         queue=section.get("queue", _queue, QueueConfig()),
@@ -456,7 +516,11 @@ def parse_config(
         ),
         mqtt=section.get("mqtt", _mqtt(environ), None),
         ipc=section.get("ipc", _ipc(environ), None),
+        agent=section.get("agent", _agent, None),
     )
+    if config.model is None and (config.mqtt is not None or config.ipc is not None):
+        raise ConfigError("model: required when mqtt or ipc is configured")
+    return config
 
 
 def read_config_file(path: Path, environ: Mapping[str, str] = os.environ) -> ServiceConfig:

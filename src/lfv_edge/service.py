@@ -286,7 +286,9 @@ class Service:
             if job is None:
                 self._finish.put(None)
                 return
-            assert job.inspector is not None and job.prepared is not None  # noqa: S101, PT018
+            if job.inspector is None or job.prepared is None:  # the prepare stage sets both
+                self._reply_error(job, INTERNAL_ERROR, "a message reached the model unprepared")
+                continue
             try:
                 job.outputs, job.run_ms = job.inspector.infer(job.prepared)
             except LfvEdgeError as exc:
@@ -314,10 +316,13 @@ class Service:
         payload: bytes | None = None
         is_anomalous: bool | None = None
         stages: dict[str, float] | None = None
-        if job.error is None and job.outputs is not None:
-            assert (
-                job.inspector is not None and job.prepared is not None and job.request is not None
-            )  # noqa: S101, PT018
+        if (
+            job.error is None
+            and job.outputs is not None
+            and job.inspector is not None
+            and job.prepared is not None
+            and job.request is not None
+        ):
             try:
                 inspection = job.inspector.finish(job.prepared, job.outputs, job.run_ms)
                 package = job.inspector.package
@@ -350,6 +355,13 @@ class Service:
             self.stats.count_publish_failure()
             logger.warning("reply request_id=%s not published: %s", request_id, exc)
             return
+        if job.message.ack is not None:
+            try:
+                job.message.ack()
+            except LfvEdgeError as exc:
+                logger.warning(
+                    "request_id=%s: acknowledging the request failed: %s", request_id, exc
+                )
         latency_ms = (time.perf_counter() - job.message.received_at) * 1000.0
         self.stats.record_reply(latency_ms, is_anomalous=is_anomalous, stages_ms=stages)
 

@@ -32,6 +32,9 @@ class IncomingMessage:
     payload: bytes
     reply: ReplyRoute
     received_at: float = field(default_factory=time.perf_counter)
+    # Called once the reply is published (or safely spooled), never before: a transport with
+    # manual acknowledgement acks the request here, so a crash before it means redelivery.
+    ack: Callable[[], None] | None = None
 
 
 MessageHandler = Callable[[IncomingMessage], None]
