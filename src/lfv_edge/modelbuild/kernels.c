@@ -36,12 +36,11 @@
 #include <string.h>
 
 #if defined(__GLIBC__) && defined(__x86_64__)
-/* Bind to the original x86-64 symbol versions: gcc 12 on glibc 2.36 would otherwise link
- * exp@GLIBC_2.29 and expf@GLIBC_2.27 (faster rewrites, same results within 1 ulp), and the
- * library would not load on Ubuntu 18.04 / JetPack 4 (glibc 2.27) or Debian 10 (2.28), where
- * libdlr.so 1.6.0 itself loads (it needs GLIBC_2.14). */
+/* Bind to the original x86-64 symbol versions: built on glibc 2.36 the library would
+ * otherwise need exp@GLIBC_2.29 (a faster rewrite, same results within 1 ulp) and
+ * memcpy@GLIBC_2.14, and would not load on Ubuntu 18.04 (glibc 2.27) or Debian 10 (2.28),
+ * where libdlr.so 1.6.0 itself loads (it needs GLIBC_2.14). */
 __asm__(".symver exp,exp@GLIBC_2.2.5");
-__asm__(".symver expf,expf@GLIBC_2.2.5");
 __asm__(".symver memcpy,memcpy@GLIBC_2.2.5");
 #endif
 
