@@ -16,7 +16,7 @@ the first layer, so the controllable networks react to the image's RGB values in
   ("red") iff u_R − u_G − u_B > 0.5, class 2 ("blue") iff u_B − u_R − u_G > 0.5, else
   background. Optional score head: P(anomaly) = σ(SEG_GAIN · (f − SEG_CENTER)) with
   f = mean over pixels of (1 − mask[background]), ≈ the anomalous area fraction.
-* `bench_network`: about 160 M multiply-adds at 1000×1000 (conv s2 → conv s2 → pool →
+* `bench_network`: about 133 M multiply-adds at 1000×1000 (conv s2 → conv s2 → pool →
   depthwise → 1×1 + residual → GAP → dense → softmax, optional mask head), tens of ms on two
   cores.
 
@@ -245,7 +245,7 @@ def bench_network(
     num_pixel_classes: int = SEGMENTER_CLASSES,
     seed: int = 7,
 ) -> Network:
-    """A small CNN sized for throughput benchmarks (≈160 M multiply-adds at 1000×1000).
+    """A small CNN sized for throughput benchmarks (≈133 M multiply-adds at 1000×1000).
 
     With `segmentation_head`, H and W must be multiples of 8 (the mask is upsampled ×8 back to
     the input size) and the mask comes first, as in LFV.
