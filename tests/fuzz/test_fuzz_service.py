@@ -1,0 +1,74 @@
+"""Service-level fuzzing: every request with a RequestId gets exactly one reply carrying it."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given
+
+from lfv_edge.messages import ERROR_CODES
+from lfv_edge.modelbuild.package import PackageSpec
+from lfv_edge.package import read_model_package
+from lfv_edge.pipeline import Inspector
+from lfv_edge.service import Service, ServiceSettings
+from lfv_edge.transports.memory import MemoryTransport
+from tests.conftest import PackageFactory
+from tests.fuzz.conftest import CASES
+from tests.fuzz.test_fuzz_inputs import ROOTS, requests
+
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def served(make_package: PackageFactory) -> Iterator[tuple[Service, MemoryTransport]]:
+    inspector = Inspector.load(
+        read_model_package(
+            make_package(PackageSpec(image_width=64, image_height=64, segmentation_head=True))
+        ),
+        device="cpu",
+    )
+    transport = MemoryTransport()
+    service = Service(
+        inspector,
+        [transport],
+        settings=ServiceSettings(image_roots=ROOTS, max_payload_bytes=1 << 20),
+        queue_size=64,
+        stats_interval_s=0,
+    )
+    service.start()
+    yield service, transport
+    service.stop(30)
+    ids = Counter(json.loads(p.payload).get("RequestId") for p in transport.published)
+    duplicates = {rid: n for rid, n in ids.items() if rid is not None and n > 1}
+    assert not duplicates, f"requests answered more than once: {duplicates}"
+
+
+@given(payload=requests())
+def test_every_request_with_an_id_gets_exactly_one_reply(
+    payload: bytes, served: tuple[Service, MemoryTransport]
+) -> None:
+    CASES["service round trips"] += 1
+    _, transport = served
+    request_id = f"fuzz-{next(_ids)}"
+    try:
+        body: Any = json.loads(payload)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {"Body": payload.decode("latin-1")}
+    body["RequestId"] = request_id
+    before = len(transport.published)
+    transport.deliver(json.dumps(body).encode())
+    replies = [json.loads(p.payload) for p in transport.wait_for(before + 1, timeout_s=30)]
+    mine = [r for r in replies if r.get("RequestId") == request_id]
+    assert len(mine) == 1, f"exactly one reply for {request_id}: {mine}"
+    reply = mine[0]
+    if "Error" in reply:
+        assert reply["Error"]["Code"] in ERROR_CODES, f"documented code: {reply}"
+    else:
+        assert isinstance(reply["DetectAnomalyResult"]["IsAnomalous"], bool), "a verdict"
