@@ -158,6 +158,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         threads=args.threads,
         colors=_parse_colors(args.colors),
         threshold=args.threshold,
+        probe=args.probe,
     )
     images = list(_iter_images(args.images))
     progress = _Progress(len(images), sys.stderr)
@@ -229,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="mask colour of a label (repeatable) or a JSON file of them",
     )
     infer.add_argument("--no-mask", action="store_true", help="omit AnomalyMask from the output")
+    infer.add_argument(
+        "--probe",
+        action="store_true",
+        help="load the model in a child process first, so a corrupt package cannot crash this one",
+    )
     infer.add_argument("--mask-dir", help="also write each anomaly mask as a PNG here")
     infer.set_defaults(handler=_cmd_infer)
 

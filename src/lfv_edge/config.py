@@ -15,7 +15,7 @@ become a float on the device), so integers, numbers and booleans are also accept
 Example (all keys; only `model.path` and one transport are required):
 
     {"model": {"path": "/models/pkg.zip", "device": "auto", "threads": 2,
-               "thresholdOverride": null, "colors": {"scratch": "#23A436"}},
+               "thresholdOverride": null, "colors": {"scratch": "#23A436"}, "probe": false},
      "imageRoots": ["/data/images"],
      "limits": {"maxPayloadBytes": 16777216, "minImageSide": 64, "maxImageSide": 4096},
      "queue": {"size": 8, "overflow": "reject"},
@@ -74,6 +74,7 @@ class ModelConfig:
     threads: int | None = None  # TVM workers; None = every CPU this process may use
     threshold_override: float | None = None
     colors: Mapping[str, str] = field(default_factory=dict)
+    probe: bool = False  # load once in a child process first (packages from outside)
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,13 +320,14 @@ def _path_list(value: object, where: str) -> tuple[Path, ...]:
 
 def _model(value: object, where: str) -> ModelConfig:
     section = _Section(value, where)
-    section.check_keys(("path", "device", "threads", "thresholdOverride", "colors"))
+    section.check_keys(("path", "device", "threads", "thresholdOverride", "colors", "probe"))
     return ModelConfig(
         path=section.require("path", _path),
         device=section.get("device", _choice(("auto", "cpu", "gpu")), "auto"),  # type: ignore[arg-type]
         threads=section.get("threads", _int(1, 1024), None),
         threshold_override=section.get("thresholdOverride", _number(0.0), None),
         colors=section.get("colors", _colors, {}),
+        probe=section.get("probe", _bool, False),
     )
 
 

@@ -22,6 +22,7 @@ from lfv_edge.imaging import SizeLimits, check_size, decode_image, read_image_fi
 from lfv_edge.package import ModelPackage
 from lfv_edge.postprocess import Postprocessor, Verdict
 from lfv_edge.preprocess import ChannelOrder, Preprocessor
+from lfv_edge.probe import probe_package
 from lfv_edge.runner import DlrRunner, Runner, configure_threads
 
 logger = logging.getLogger(__name__)
@@ -133,12 +134,17 @@ class Inspector:
         threshold: float | None = None,
         limits: SizeLimits = SizeLimits(),  # noqa: B008 - frozen value
         facts: HostFacts | None = None,
+        probe: bool = False,
     ) -> Inspector:
         """Choose the device, load the model into DLR and return a ready inspector.
 
+        With `probe`, the model is first loaded and run once in a child process
+        (probe.py), so a package that crashes DLR cannot take this process down.
+
         Raises:
             DeviceError: the device request cannot work (says why).
-            ModelPackageError: DLR refused the model (with its real message).
+            ModelPackageError: DLR refused the model (with its real message), or crashed in
+                the probe.
         """
         choice = choose_device(
             device,
@@ -148,6 +154,8 @@ class Inspector:
             facts=facts or HostFacts.probe(),
         )
         logger.info("device %s (%s)", choice.device, choice.reason)
+        if probe:
+            probe_package(package.source, choice.device)
         configure_threads(threads)
         runner = DlrRunner.load(
             package.stage_dir,
