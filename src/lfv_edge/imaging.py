@@ -1,7 +1,7 @@
 """Image bytes ↔ pixels: decoding requests' images, encoding masks. One of two cv2 users.
 
 Images are checked before they are decoded: the width and height are read from the PNG, JPEG,
-BMP, GIF or WebP header, so a 100 KB file that claims 60,000 × 60,000 pixels (a decompression
+BMP, GIF, WebP or TIFF header, so a 100 KB file that claims 60,000 × 60,000 pixels (a decompression
 bomb) is refused without allocating 10 GB. LFV accepts 64–4096 pixels per side.
 
 Decoding ignores EXIF orientation: LFV models see the stored pixel grid (the Edge Agent takes
@@ -52,6 +52,30 @@ def sniff_size(data: bytes) -> tuple[int, int] | None:
         return _jpeg_size(data)
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return _webp_size(data)
+    if data[:4] in {b"II*\0", b"MM\0*"}:
+        return _tiff_size(data)
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    order = "<" if data[:2] == b"II" else ">"
+    if len(data) < 8:
+        return None
+    (ifd,) = struct.unpack(order + "I", data[4:8])
+    if ifd + 2 > len(data):
+        return None
+    (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
+    size: dict[int, int] = {}
+    for index in range(min(count, 512)):
+        entry = ifd + 2 + index * 12
+        if entry + 12 > len(data):
+            return None
+        tag, kind = struct.unpack(order + "HH", data[entry : entry + 4])
+        if tag in {256, 257}:  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
+            fmt = order + ("H" if kind == 3 else "I")
+            (size[tag],) = struct.unpack(fmt, data[entry + 8 : entry + 8 + struct.calcsize(fmt)])
+    if 256 in size and 257 in size:
+        return size[256], size[257]
     return None
 
 
@@ -111,7 +135,7 @@ def decode_image(data: bytes, limits: SizeLimits = SizeLimits()) -> NDArray[np.u
         raise InputError(IMAGE_TOO_LARGE, msg)
     size = sniff_size(data)
     if size is None:
-        msg = "not a PNG, JPEG, BMP, GIF or WebP image"
+        msg = "not a PNG, JPEG, BMP, GIF, WebP or TIFF image"
         raise InputError(IMAGE_UNREADABLE, msg)
     check_size(*size, limits)
     buffer = np.frombuffer(data, dtype=np.uint8)

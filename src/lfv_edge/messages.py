@@ -60,7 +60,7 @@ ERROR_CODES = {
     INTERNAL_ERROR: "an unexpected error; the service keeps running",
 }
 CONTENT_TYPES = frozenset(
-    {"image/jpeg", "image/jpg", "image/png", "image/bmp", "image/gif", "image/webp"}
+    {"image/jpeg", "image/jpg", "image/png", "image/bmp", "image/gif", "image/webp", "image/tiff"}
 )
 _REQUEST_KEYS = frozenset(
     {"RequestId", "ImagePath", "Body", "ContentType", "Frame", "IncludeMask", "Metadata"}
