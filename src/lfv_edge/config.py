@@ -298,6 +298,21 @@ def _topic(environ: Mapping[str, str], *, subscribe: bool) -> Callable[[object, 
     return convert
 
 
+def _thing_text(environ: Mapping[str, str]) -> Callable[[object, str], str]:
+    """A string in which `{thingName}` becomes $AWS_IOT_THING_NAME (e.g. an MQTT client id)."""
+
+    def convert(value: object, where: str) -> str:
+        text = _text(value, where)
+        if "{thingName}" in text:
+            thing = environ.get("AWS_IOT_THING_NAME")
+            if not thing:
+                raise ConfigError(f"{where}: uses {{thingName}} but AWS_IOT_THING_NAME is not set")
+            text = text.replace("{thingName}", thing)
+        return text
+
+    return convert
+
+
 def _colors(value: object, where: str) -> Mapping[str, str]:
     section = _Section(value, where)
     colors: dict[str, str] = {}
@@ -399,7 +414,7 @@ def _mqtt(environ: Mapping[str, str]) -> Callable[[object, str], MqttConfig]:
             results_topic=section.require("resultsTopic", _topic(environ, subscribe=False)),
             status_topic=section.get("statusTopic", _topic(environ, subscribe=False), None),
             stats_topic=section.get("statsTopic", _topic(environ, subscribe=False), None),
-            client_id=section.get("clientId", _text, None),
+            client_id=section.get("clientId", _thing_text(environ), None),
             qos=section.get("qos", _int(0, 2), 1),
             ca_file=section.get("caFile", _path, None),
             cert_file=cert,
@@ -531,6 +546,15 @@ def read_config_file(path: Path, environ: Mapping[str, str] = os.environ) -> Ser
     Raises:
         ConfigError: unreadable file, bad JSON (with line and column) or invalid content.
     """
+    return parse_config(read_config_mapping(path), environ)
+
+
+def read_config_mapping(path: Path) -> dict[str, object]:
+    """Read a JSON configuration file as a raw mapping (to merge flags into before parsing).
+
+    Raises:
+        ConfigError: unreadable file, bad JSON (with line and column), not an object.
+    """
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -541,7 +565,7 @@ def read_config_file(path: Path, environ: Mapping[str, str] = os.environ) -> Ser
         ) from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object")
-    return parse_config(raw, environ)
+    return raw
 
 
 def merge_config(base: Mapping[str, object], overrides: Mapping[str, object]) -> dict[str, object]:
