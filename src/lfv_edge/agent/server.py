@@ -379,6 +379,7 @@ class AgentServer:
         self.max_workers = max_workers or min(64, capacity + 4)
         self._server: grpc.Server | None = None
         self._inode: tuple[int, int] | None = None
+        self.stopping = threading.Event()  # set when stop() begins
         self._stopped = threading.Event()
 
     @classmethod
@@ -458,6 +459,7 @@ class AgentServer:
         if server is None:
             return
         self._server = None
+        self.stopping.set()
         server.stop(grace_s).wait()
         self.registry.close(timeout_s=grace_s)
         self._remove_socket()
