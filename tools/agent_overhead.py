@@ -183,7 +183,8 @@ def main() -> int:
         agent.terminate()
         agent.wait(timeout=60)
         for name in segments:
-            Path(segment_path(name)).unlink(missing_ok=True)
+            segment_path(name).unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     print(
         f"DetectAnomalies over unix socket vs Inspector.inspect, {args.reps} reps each, "
         f"TVM threads {threads}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
