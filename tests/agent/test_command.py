@@ -78,7 +78,7 @@ def test_agent_command_serves_until_sigterm(classifier: Path, socket_dir: Path) 
 def test_agent_command_reads_the_config_agent_section(
     classifier: Path, socket_dir: Path, tmp_path: Path
 ) -> None:
-    # given a config file with the agent section (models, mode) and a second model on the CLI
+    # given a config file (agent section, limits) and a second model on the command line
     sock = socket_dir / "c.sock"
     config = tmp_path / "config.json"
     config.write_text(
@@ -89,7 +89,8 @@ def test_agent_command_reads_the_config_agent_section(
                     "socketMode": "0600",
                     "models": {"a": str(classifier)},
                     "startModels": ["a"],
-                }
+                },
+                "limits": {"minImageSide": 80},
             }
         )
     )
@@ -100,7 +101,14 @@ def test_agent_command_reads_the_config_agent_section(
         _read_until(process.stderr, "model a RUNNING")
         mode = sock.stat().st_mode & 0o777
         with grpc.insecure_channel(f"unix://{sock}") as channel:
-            models = make_stub(channel).ListModels(pb2.ListModelsRequest()).models
+            stub = make_stub(channel)
+            models = stub.ListModels(pb2.ListModelsRequest()).models
+            small = pb2.DetectAnomaliesRequest(
+                model_component="a",
+                bitmap=pb2.Bitmap(width=64, height=64, byte_data=bytes(64 * 64 * 3)),
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.DetectAnomalies(small)
         # when
         process.send_signal(signal.SIGINT)
         code = process.wait(timeout=WAIT_S)
@@ -110,6 +118,8 @@ def test_agent_command_reads_the_config_agent_section(
         ("b", pb2.STOPPED),
     ], "models from the config and the command line; only startModels started"
     assert mode == 0o600, f"socketMode from the config: {oct(mode)}"
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, "limits from the config"
+    assert "minimum is 80" in str(refused.value.details()), f"{refused.value.details()}"
     assert code == 0, "SIGINT is a clean exit too"
 
 

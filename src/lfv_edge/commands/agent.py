@@ -100,15 +100,18 @@ def run_agent(args: argparse.Namespace) -> int:
 
     service, agent = agent_settings(args)
     model = service.model if service is not None else None
-    limits = service.limits if service is not None else None
+    limits = SizeLimits()
+    if service is not None:
+        limits = SizeLimits(
+            min_side=service.limits.min_image_side, max_side=service.limits.max_image_side
+        )
     loader = package_loader(
         device=args.device or (model.device if model is not None else "auto"),
         threads=args.threads or (model.threads if model is not None else None),
-        limits=SizeLimits(min_side=limits.min_image_side, max_side=limits.max_image_side)
-        if limits is not None
-        else SizeLimits(),
+        colors=model.colors if model is not None else None,
+        limits=limits,
     )
-    server = AgentServer.from_config(agent, loader=loader)
+    server = AgentServer.from_config(agent, loader=loader, limits=limits)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
