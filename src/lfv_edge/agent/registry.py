@@ -207,8 +207,7 @@ class ModelRegistry:
             model.jobs.put(None)
         if thread is not None:
             thread.join()
-        with self._changed:
-            return model.status
+        return ModelStatus.STOPPED  # (a StartModel may already have followed: not our answer)
 
     def wait_for(self, name: str, statuses: tuple[ModelStatus, ...], timeout_s: float) -> ModelInfo:
         """Block until the model is in one of `statuses`; returns its info.

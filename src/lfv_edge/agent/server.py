@@ -167,6 +167,9 @@ def _abort(context: grpc.ServicerContext, method: str, error: BaseException) -> 
     if code == grpc.StatusCode.INTERNAL and not isinstance(error, InferenceError):
         logger.error("%s: unexpected error", method, exc_info=error)
         details = f"internal error: {type(error).__name__}: {error}"
+    elif code == grpc.StatusCode.INTERNAL:
+        logger.warning("%s: %s", method, error)
+        details = str(error)
     else:
         logger.debug("%s: %s %s", method, code.name, error)
         details = str(error)
@@ -367,6 +370,11 @@ class AgentServer:
         start_models: tuple[str, ...] = (),
         max_workers: int | None = None,
     ) -> None:
+        configured = {info.name for info in registry.list()}
+        unknown = [name for name in start_models if name not in configured]
+        if unknown:
+            msg = f"start models {unknown} are not configured (configured: {sorted(configured)})"
+            raise ConfigError(msg)
         self.registry = registry
         self.socket_path = socket_path(socket)
         self.socket_mode = socket_mode
