@@ -7,6 +7,7 @@ Debian's `mosquitto`). Every test uses its own topic prefix.
 from __future__ import annotations
 
 import base64
+import getpass
 import json
 import shutil
 import socket
@@ -69,6 +70,9 @@ class Broker:
     def write_config(self) -> Path:
         config = self.folder / "mosquitto.conf"
         config.write_text(
+            # Started as root, mosquitto drops to user "mosquitto", which cannot write the
+            # persistence file into our temp folder: stay who we are.
+            f"user {getpass.getuser()}\n"
             f"per_listener_settings false\n"
             f"allow_anonymous true\n"
             f"persistence true\n"
@@ -297,6 +301,7 @@ class Peer:
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: object,
                        reason: ReasonCode, properties: object) -> None:  # fmt: skip
+        self._connected.clear()
         with self._changed:
             self.connect_failures.append(f"disconnected: {reason}")
             self._changed.notify_all()
@@ -329,6 +334,10 @@ class Peer:
         if subscriptions:
             assert self._subscribed.wait(WAIT_S), "the broker confirmed the subscription"
         return self
+
+    def wait_connected(self) -> None:
+        """After a broker restart: block until paho reconnected (its backoff is 1–2 s)."""
+        assert self._connected.wait(WAIT_S), f"peer reconnected to port {self.port}"
 
     def publish(
         self,

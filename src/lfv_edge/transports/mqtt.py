@@ -623,11 +623,14 @@ class MqttTransport:
         )
         _, self._subscribe_mid = client.subscribe(self._subscription, options=options)
         logger.info(
-            "mqtt connected broker=%s client_id=%s session_present=%s resumed_requests=%d",
+            "mqtt connected broker=%s client_id=%s session_present=%s acked_on_resume=%d "
+            "in_progress=%d spooled=%d",
             self.config.broker,
             self._client_id,
             flags.session_present,
+            len(acks),
             len(self._requests),
+            len(self.spool),
         )
         self._drain()
 
