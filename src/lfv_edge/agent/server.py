@@ -139,7 +139,11 @@ def claim_socket_path(path: Path) -> None:
         probe.connect(os.fspath(path))
     except ConnectionRefusedError:
         logger.warning("removing stale socket %s (nothing listens on it)", path)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:  # e.g. another user's socket in sticky /tmp
+            msg = f"{path} is a stale socket that cannot be removed: {exc.strerror or exc}"
+            raise SocketInUseError(msg) from exc
         return
     except OSError as exc:  # EACCES: a socket we may not even probe is not ours to replace
         msg = f"{path} is a socket we cannot probe ({exc.strerror or exc}); refusing to replace it"
