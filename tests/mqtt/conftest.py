@@ -175,7 +175,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def _make_ca(folder: Path, name: str) -> tuple[Path, Path]:
     key, cert = folder / f"{name}.key", folder / f"{name}.pem"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", f"/CN={name}",
              "-keyout", str(key), "-out", str(cert), cwd=folder)  # fmt: skip
     return cert, key
 
@@ -184,7 +184,7 @@ def _make_leaf(
     folder: Path, name: str, ca: tuple[Path, Path], *, server: bool
 ) -> tuple[Path, Path]:
     key, csr, cert = folder / f"{name}.key", folder / f"{name}.csr", folder / f"{name}.pem"
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key),
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key),
              "-out", str(csr), cwd=folder)  # fmt: skip
     ext = folder / f"{name}.ext"
     ext.write_text(

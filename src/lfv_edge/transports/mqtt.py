@@ -123,6 +123,20 @@ def _valid_publish_topic(topic: object) -> bool:
     )
 
 
+def _close_sockets_of(exc: BaseException) -> None:
+    """Close the socket a failed TLS handshake left open.
+
+    paho 2.2 does not close its SSL socket when `do_handshake()` raises; the only reference
+    left is in the traceback's frames. Without this the descriptor lingers until collected.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, socket.socket):
+                value.close()
+        tb = tb.tb_next
+
+
 def default_client_id(environ: Mapping[str, str] = os.environ) -> str:
     """The Greengrass/IoT thing name when set (IoT Core policies often require it), else per host."""
     return environ.get("AWS_IOT_THING_NAME") or f"lfv-edge-{socket.gethostname()}"
@@ -287,6 +301,7 @@ class MqttTransport:
                 cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=properties
             )
         except ssl.SSLCertVerificationError as exc:
+            _close_sockets_of(exc)
             raise TransportError(
                 f"TLS with {cfg.broker}: the broker's certificate is not trusted: "
                 f"{exc.verify_message or exc}"
@@ -294,6 +309,7 @@ class MqttTransport:
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLWantReadError) as exc:
             self._retry_in_background(exc, properties)
         except ssl.SSLError as exc:
+            _close_sockets_of(exc)
             raise TransportError(f"TLS with {cfg.broker} failed: {exc.reason or exc}") from exc
         except OSError as exc:
             self._retry_in_background(exc, properties)
