@@ -268,8 +268,15 @@ def _text(value: object, where: str) -> str:
     return value
 
 
+def _expand(text: str, where: str) -> Path:
+    try:
+        return Path(text).expanduser()
+    except RuntimeError as exc:  # "~someone" for a user that does not exist
+        raise ConfigError(f"{where}: cannot expand {_show(text)}: {exc}") from exc
+
+
 def _path(value: object, where: str) -> Path:
-    return Path(_text(value, where)).expanduser()
+    return _expand(_text(value, where), where)
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[object, str], str]:
@@ -327,7 +334,7 @@ def _colors(value: object, where: str) -> Mapping[str, str]:
 
 def _path_list(value: object, where: str) -> tuple[Path, ...]:
     if isinstance(value, str):  # one root, or several separated by os.pathsep
-        return tuple(Path(part).expanduser() for part in value.split(os.pathsep) if part)
+        return tuple(_expand(part, where) for part in value.split(os.pathsep) if part)
     if not isinstance(value, list):
         raise ConfigError(f"{where}: expected a list of folders, got {_show(value)}")
     return tuple(_path(item, f"{where}[{i}]") for i, item in enumerate(value))
