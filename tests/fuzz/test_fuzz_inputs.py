@@ -15,7 +15,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from lfv_edge.config import parse_config
@@ -211,6 +211,7 @@ def test_decompression_bombs_are_refused_from_the_header(
         }
     )
 )
+@example(raw={"model": {"path": "~user-that-does-not-exist/pkg.zip"}})  # found by fuzzing
 def test_config_parsing_returns_a_config_or_a_config_error(raw: Any) -> None:
     CASES["config parsing"] += 1
     try:
