@@ -105,6 +105,23 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
     parser.set_defaults(handler=run_serve)
 
 
+# Key paths that have a flag: an error about one names the flag too.
+_FLAGS = {
+    "model.path": "--model", "model.device": "--device", "model.threads": "--threads",
+    "model.thresholdOverride": "--threshold", "imageRoots": "--image-root",
+    "limits.maxPayloadBytes": "--max-payload-bytes", "queue.size": "--queue-size",
+    "queue.overflow": "--overflow", "statsIntervalS": "--stats-interval",
+    "logLevel": "--log-level", "mqtt.broker": "--broker", "mqtt.requestsTopic": "--requests-topic",
+    "mqtt.resultsTopic": "--results-topic", "mqtt.statusTopic": "--status-topic",
+    "mqtt.statsTopic": "--stats-topic", "mqtt.clientId": "--client-id", "mqtt.qos": "--qos",
+    "mqtt.sharedGroup": "--shared-group", "mqtt.keepaliveS": "--keepalive",
+    "mqtt.sessionExpiryS": "--session-expiry", "mqtt.caFile": "--ca-file",
+    "mqtt.certFile": "--cert-file", "mqtt.keyFile": "--key-file", "mqtt.username": "--username",
+    "mqtt.passwordFile": "--password-file", "mqtt.spoolDir": "--spool-dir",
+    "mqtt.spoolMaxBytes": "--spool-max-bytes",
+}  # fmt: skip
+
+
 def _path(value: str | None) -> str | None:
     return None if value is None else str(value)
 
@@ -164,7 +181,14 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Servic
         ConfigError: names the key path (or the missing flag).
     """
     base = read_config_mapping(Path(args.config)) if args.config else {}
-    config = parse_config(merge_config(base, raw_from_flags(args)), environ)
+    try:
+        config = parse_config(merge_config(base, raw_from_flags(args)), environ)
+    except ConfigError as exc:
+        key = str(exc).split(":", 1)[0]
+        flag = _FLAGS.get(key)
+        if flag is None:
+            raise
+        raise ConfigError(f"{exc} (flag {flag})") from exc
     if config.mqtt is None:
         missing = [
             flag
