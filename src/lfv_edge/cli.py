@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import TextIO
 
 from lfv_edge import __version__, cpu_runtime
 from lfv_edge.commands import register_all
+from lfv_edge.embedded import embedded_package
 from lfv_edge.errors import (
     ConfigError,
     InputError,
@@ -46,23 +46,6 @@ def _configure_logging(level: str) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
-
-
-def embedded_package(environ: os._Environ[str] | dict[str, str] = os.environ) -> Path:
-    """The default model package: `$LFV_EDGE_DEFAULT_MODEL`, else the demo package of the source tree.
-
-    Raises:
-        ConfigError: neither exists.
-    """
-    configured = environ.get(DEFAULT_MODEL_ENV)
-    if configured:
-        return Path(configured)
-    tree = Path(__file__).resolve().parents[2]  # src/lfv_edge/cli.py → the repository root
-    candidate = tree / EMBEDDED_PACKAGE
-    if candidate.is_file():
-        return candidate
-    msg = f"no --model given and no embedded demo package at {candidate} (set {DEFAULT_MODEL_ENV})"
-    raise ConfigError(msg)
 
 
 def _parse_colors(values: Sequence[str]) -> dict[str, str]:

@@ -1,0 +1,131 @@
+"""Pictures of what the model saw: an image with its anomaly mask, verdict and legend; contact sheets.
+
+Used by `lfv-edge demo` (and useful on its own: `render_overlay(image_rgb, verdict, title)`).
+The mask is blended at 45 % over defect pixels only and outlined, so the part stays visible;
+a header states the verdict and confidence, a legend lists each label's colour and area.
+One of the cv2 users (drawing and text).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from lfv_edge.imaging import resize_nearest
+from lfv_edge.postprocess import Verdict
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_ANOMALOUS = (220, 40, 40)
+_NORMAL = (30, 150, 60)
+_ALPHA = 0.45
+
+
+def _hex_to_rgb(color: str) -> tuple[int, int, int]:
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
+
+
+def _text(
+    canvas: NDArray[np.uint8],
+    text: str,
+    origin: tuple[int, int],
+    scale: float,
+    color: tuple[int, int, int],
+    thickness: int = 1,
+) -> None:
+    cv2.putText(canvas, text, origin, _FONT, scale, color, thickness, cv2.LINE_AA)
+
+
+def render_overlay(
+    image_rgb: NDArray[np.uint8], verdict: Verdict, title: str, *, width: int = 420
+) -> NDArray[np.uint8]:
+    """The image (scaled to `width`) with mask, outline, verdict header and legend; RGB uint8."""
+    height = round(image_rgb.shape[0] * width / image_rgb.shape[1])
+    picture = cv2.resize(image_rgb, (width, height), interpolation=cv2.INTER_AREA)
+    if verdict.mask is not None:
+        labels = resize_nearest(verdict.mask, width, height)
+        colors = verdict.mask_rgb()
+        assert colors is not None  # noqa: S101 - mask is not None
+        colored = cv2.resize(colors, (width, height), interpolation=cv2.INTER_NEAREST)
+        defect = labels != 0
+        blended = cv2.addWeighted(picture, 1 - _ALPHA, colored, _ALPHA, 0)
+        picture[defect] = blended[defect]
+        for index in np.unique(labels):
+            if index == 0:
+                continue
+            contours, _ = cv2.findContours(
+                (labels == index).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+            )
+            cv2.drawContours(picture, contours, -1, _hex_to_rgb(verdict.mask_colors[int(index)]), 2)
+    header = np.full((34, width, 3), 255, dtype=np.uint8)
+    state = "ANOMALY" if verdict.is_anomalous else "NORMAL"
+    color = _ANOMALOUS if verdict.is_anomalous else _NORMAL
+    cv2.rectangle(header, (0, 0), (6, 33), color, -1)
+    _text(header, f"{state} {verdict.confidence:.1%}", (12, 23), 0.62, color, 2)
+    _text(
+        header,
+        title,
+        (width - 8 - cv2.getTextSize(title, _FONT, 0.45, 1)[0][0], 22),
+        0.45,
+        (60, 60, 60),
+    )
+    legend = _legend(verdict, width)
+    return np.vstack([header, picture, legend])
+
+
+def _legend(verdict: Verdict, width: int) -> NDArray[np.uint8]:
+    entries = (
+        [a for a in verdict.anomalies if a.name != verdict.anomalies[0].name]
+        if verdict.anomalies
+        else []
+    )
+    if verdict.mask is None:
+        lines = ["classification only (no mask)"]
+    elif not entries:
+        lines = ["no anomalous pixels"]
+    else:
+        lines = []
+    rows = max(1, len(entries) if entries else 1)
+    legend = np.full((12 + 20 * rows, width, 3), 255, dtype=np.uint8)
+    if lines:
+        _text(legend, lines[0], (10, 22), 0.45, (90, 90, 90))
+        return legend
+    for row, anomaly in enumerate(entries):
+        y = 8 + 20 * row
+        cv2.rectangle(legend, (10, y), (24, y + 14), _hex_to_rgb(anomaly.pixel_anomaly.color), -1)
+        _text(
+            legend,
+            f"{anomaly.name}  {anomaly.pixel_anomaly.total_percentage_area:.2%} of the image",
+            (32, y + 12),
+            0.45,
+            (40, 40, 40),
+        )
+    return legend
+
+
+def contact_sheet(
+    tiles: Sequence[NDArray[np.uint8]], title: str, *, columns: int = 4, gap: int = 10
+) -> NDArray[np.uint8]:
+    """Tiles (RGB) in a grid under a title; tiles of different heights are top-aligned."""
+    if not tiles:
+        msg = "a contact sheet needs at least one tile"
+        raise ValueError(msg)
+    columns = min(columns, len(tiles))
+    rows = math.ceil(len(tiles) / columns)
+    tile_width = max(t.shape[1] for t in tiles)
+    tile_height = max(t.shape[0] for t in tiles)
+    top = 44
+    sheet = np.full(
+        (top + rows * (tile_height + gap) + gap, gap + columns * (tile_width + gap), 3),
+        235,
+        dtype=np.uint8,
+    )
+    _text(sheet, title, (gap, 30), 0.8, (30, 30, 30), 2)
+    for position, tile in enumerate(tiles):
+        row, column = divmod(position, columns)
+        y, x = top + row * (tile_height + gap), gap + column * (tile_width + gap)
+        sheet[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
+    return sheet
