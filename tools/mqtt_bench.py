@@ -97,10 +97,10 @@ def bare_worker(package_dir: str, threads: int, image: str) -> None:
     print("ready", flush=True)
     for line in sys.stdin:
         count = int(line)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(count):
             inspector.runner.run(tensor)
-        print(time.perf_counter() - start, flush=True)
+        print(time.perf_counter() - start, time.process_time() - cpu, flush=True)
 
 
 class Bare:
@@ -116,10 +116,12 @@ class Bare:
             sys.exit("the bare worker did not start")
         self.stdin, self.stdout = stdin, stdout
 
-    def rate(self, count: int) -> float:
+    def rate(self, count: int) -> tuple[float, float]:
+        """Runs per second, and CPU milliseconds per run."""
         self.stdin.write(f"{count}\n")
         self.stdin.flush()
-        return count / float(self.stdout.readline())
+        elapsed, cpu = (float(part) for part in self.stdout.readline().split())
+        return count / elapsed, cpu * 1000.0 / count
 
     def close(self) -> None:
         self.stdin.close()
@@ -198,8 +200,9 @@ class Served:
         self.client.client.publish(f"{self.topic}/requests", request(request_id, b64), qos=1)
         return request_id
 
-    def rate(self, count: int, b64: str) -> float:
-        """Steady-state replies per second with WINDOW requests in flight."""
+    def rate(self, count: int, b64: str) -> tuple[float, float]:
+        """Steady-state replies per second with WINDOW requests in flight; CPU ms per request."""
+        cpu = _cpu_s(self.process.pid)
         ids = [self._publish(b64) for _ in range(WINDOW)]
         while len(ids) < count:
             done = len(ids) - WINDOW + 1
@@ -212,7 +215,8 @@ class Served:
         self.client.wait(lambda: all(i in self.client.replies for i in ids))
         times = sorted(self.client.replies[i] for i in ids)
         skip = WINDOW  # the first replies include filling the pipeline
-        return (len(times) - skip - 1) / (times[-1] - times[skip])
+        cpu_ms = (_cpu_s(self.process.pid) - cpu) * 1000.0 / len(ids)
+        return (len(times) - skip - 1) / (times[-1] - times[skip]), cpu_ms
 
     def paced(self, count: int, rate: float, b64: str) -> list[float]:
         """Publish at `rate`/s; return client-side latencies (publish → reply) in ms."""
@@ -252,6 +256,12 @@ def _mosquitto(folder: Path, port: int) -> subprocess.Popen[bytes]:
     sys.exit("mosquitto did not start")
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     array = np.array(values)
     return {f"p{p}": round(float(np.percentile(array, p)), 1) for p in (50, 90, 99)}
@@ -278,6 +288,7 @@ def main() -> None:
         report: dict[str, object] = {
             "machine": {
                 "cpu": _cpu_model(),
+                "load_average_at_end": None,
                 "cores": os.cpu_count(),
                 "usable": len(os.sched_getaffinity(0)),
                 "load_average_at_start": os.getloadavg(),
@@ -293,10 +304,18 @@ def main() -> None:
                 bare = Bare(package, threads, image)
                 served = Served(package, threads, port, f"bench{threads}", stats_s=0)
                 served.rate(args.batch, b64)  # warm-up
-                bare_rates, served_rates = [], []
+                bare_rates, served_rates, bare_cpu, served_cpu = [], [], [], []
+                broker_cpu = _cpu_s(broker.pid)
                 for _ in range(args.rounds):
-                    bare_rates.append(bare.rate(args.batch))
-                    served_rates.append(served.rate(args.batch, b64))
+                    rate, cpu = bare.rate(args.batch)
+                    bare_rates.append(rate)
+                    bare_cpu.append(cpu)
+                    rate, cpu = served.rate(args.batch, b64)
+                    served_rates.append(rate)
+                    served_cpu.append(cpu)
+                broker_cpu_ms = (
+                    (_cpu_s(broker.pid) - broker_cpu) * 1000 / (args.rounds * args.batch)
+                )
                 bare.close()
                 served.close()
                 bare_median = statistics.median(bare_rates)
@@ -315,6 +334,9 @@ def main() -> None:
                     "bare_per_s": round(bare_median, 2),
                     "served_per_s": round(served_median, 2),
                     "ratio": round(served_median / bare_median, 3),
+                    "bare_cpu_ms_per_run": round(statistics.median(bare_cpu), 1),
+                    "served_cpu_ms_per_request": round(statistics.median(served_cpu), 1),
+                    "broker_cpu_ms_per_request": round(broker_cpu_ms, 2),
                     "bare_spread": [round(min(bare_rates), 2), round(max(bare_rates), 2)],
                     "served_spread": [round(min(served_rates), 2), round(max(served_rates), 2)],
                     "paced_rate_per_s": round(served_median / 2, 2),
@@ -327,6 +349,7 @@ def main() -> None:
         finally:
             broker.terminate()
             broker.wait(10)
+        report["machine"]["load_average_at_end"] = os.getloadavg()  # type: ignore[index]
         print(json.dumps(report, indent=1))
         if args.out:
             args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -631,6 +631,11 @@ class MqttTransport:
                     maximum - _PROPERTY_OVERHEAD - len(self.config.results_topic.encode()), 1024
                 )
         self._send_acks(acks)
+        with self._lock:
+            left_group = not self._receiving and self.config.shared_group is not None
+        if left_group:  # stopping: don't rejoin the group only to leave requests unanswered
+            self._drain()
+            return
         options = SubscribeOptions(
             qos=self.config.qos,
             # Never receive our own replies as requests when the filter would match them;
