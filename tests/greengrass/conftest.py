@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import pytest
 
 from lfv_edge.config import merge_config
@@ -56,10 +55,10 @@ OTHER_MODEL_SPEC = PackageSpec(image_width=96, image_height=64, threshold=0.5, s
 DEMO_FOLDER = "lfv_demo_greengrass_model_component"
 
 
-def request(request_id: str, probability: float) -> bytes:
+def request(request_id: str, probability: float, *, side: int = 64) -> bytes:
     """A JSON request whose image the controllable classifier scores at `probability`."""
     red = round(red_mean_for_probability(probability) * 255)
-    png = encode_png(solid_rgb(64, 64, (red, 90, 60)))
+    png = encode_png(solid_rgb(side, side, (red, 90, 60)))
     body = {"RequestId": request_id, "Body": base64.b64encode(png).decode()}
     return json.dumps(body).encode()
 
@@ -74,7 +73,7 @@ def reply(payload: bytes | None) -> dict[str, Any]:
     """A reply payload as JSON."""
     assert payload is not None, "a binary reply"
     decoded = json.loads(payload)
-    assert isinstance(decoded, dict)
+    assert isinstance(decoded, dict), "a reply is a JSON object"
     return decoded
 
 
@@ -211,8 +210,8 @@ def start_component(tmp_path: Path, model_artifacts: Path) -> StartComponent:
                 stderr=subprocess.PIPE,
             )
             component = Component(process, nucleus, command, env)
-            assert process.stdout is not None
-            assert process.stderr is not None
+            assert process.stdout is not None, "piped"
+            assert process.stderr is not None, "piped"
             component.output.follow("stdout", process.stdout)
             component.output.follow("stderr", process.stderr)
             try:
@@ -229,9 +228,3 @@ def start_component(tmp_path: Path, model_artifacts: Path) -> StartComponent:
                 component.output.join()
 
     return start
-
-
-def probabilities_image(probability: float) -> np.ndarray:
-    """The RGB image behind `request(…, probability)`."""
-    red = round(red_mean_for_probability(probability) * 255)
-    return solid_rgb(64, 64, (red, 90, 60))

@@ -39,7 +39,7 @@ def default_configuration(recipe: Mapping[str, Any]) -> dict[str, Any]:
     """ComponentConfiguration.DefaultConfiguration (empty if absent)."""
     configuration = recipe.get("ComponentConfiguration") or {}
     defaults = configuration.get("DefaultConfiguration") or {}
-    assert isinstance(defaults, dict)
+    assert isinstance(defaults, dict), "DefaultConfiguration is an object"
     return defaults
 
 
@@ -51,7 +51,7 @@ def manifest_for(recipe: Mapping[str, Any], architecture: str) -> dict[str, Any]
             architecture,
             "*",
         ):
-            assert isinstance(manifest, dict)
+            assert isinstance(manifest, dict), "a manifest is an object"
             return manifest
     msg = f"no manifest of {recipe['ComponentName']} matches linux/{architecture}"
     raise LookupError(msg)
@@ -73,7 +73,7 @@ def script_of(step: Any) -> str:
     if isinstance(step, str):
         return step
     script = step["Script"]
-    assert isinstance(script, str)
+    assert isinstance(script, str), "a step's Script is a string"
     return script
 
 
