@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import copy
 import json
@@ -122,6 +123,7 @@ def test_publish_goes_to_the_route_and_failures_are_transport_errors(
     transport.publish(ReplyRoute("lfv/results", "ipc", LOCAL), b"local reply")
     transport.publish(ReplyRoute(f"lfv/{THING}/results", "ipc", IOT_CORE), b"cloud reply")
     transport.publish_stats(b'{"Received": 0}')
+    transport.publish(ReplyRoute(f"lfv/{THING}/results", "ipc", IOT_CORE, b"corr-1"), b"mqtt5")
     # then
     assert nucleus.wait_for_local_publish("lfv/results").binary_message == b"local reply", (
         "PublishToTopic carries the payload as a binary message"
@@ -129,6 +131,10 @@ def test_publish_goes_to_the_route_and_failures_are_transport_errors(
     cloud = nucleus.wait_for_iot_core_publish(f"lfv/{THING}/results")
     assert (cloud.payload, cloud.qos) == (b"cloud reply", "1"), "PublishToIoTCore at QoS 1"
     assert nucleus.wait_for_iot_core_publish(f"lfv/{THING}/stats").qos == "0", "stats at QoS 0"
+    mqtt5 = nucleus.wait_for_iot_core_publish(f"lfv/{THING}/results")
+    assert mqtt5.request["correlationData"] == base64.b64encode(b"corr-1").decode(), (
+        "MQTT 5 correlation data of the request is echoed"
+    )
     with pytest.raises(TransportError, match="denied by accessControl"):
         transport.publish(ReplyRoute("not/allowed", "ipc", LOCAL), b"x")
     with pytest.raises(TransportError, match="exceeds the configured limit"):

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import lfv_edge
-from lfv_edge.config import parse_config
+from lfv_edge.config import merge_config, parse_config
 from lfv_edge.errors import ConfigError
 from lfv_edge.greengrass_build import COMPONENT_NAME, project_version
 from lfv_edge.transports.ipc import to_service_config, without_access_control
@@ -124,8 +125,38 @@ def iter_values(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
         yield path, node
 
 
+DOCS = REPO / "docs" / "greengrass.md"
+TEMPLATE_MARKER = "# model component template"
+
+
+def documented_template(folder: Path) -> Path:
+    """The model component template of docs/greengrass.md, saved as `<name>-<version>.yaml`."""
+    blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.DOTALL)
+    [text] = [block for block in blocks if block.startswith(TEMPLATE_MARKER)]
+    recipe = yaml.safe_load(text)
+    path = folder / f"{recipe['ComponentName']}-{recipe['ComponentVersion']}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 @pytest.mark.parametrize("path", RECIPE_FILES, ids=[p.name for p in RECIPE_FILES])
 def test_recipe_follows_the_recipe_reference_and_gdk_schema(path: Path) -> None:
+    check_recipe(path)
+
+
+def test_documented_model_component_template_is_a_valid_model_component(tmp_path: Path) -> None:
+    path = documented_template(tmp_path)
+    check_recipe(path)
+    [manifest] = load_recipe(path)["Manifests"]
+    [artifact] = manifest["Artifacts"]
+    assert manifest["Lifecycle"] == {}, "a model component runs nothing"
+    assert (artifact["Unarchive"], artifact["Permission"]["Read"]) == ("ZIP", "ALL"), (
+        "unpacked, and readable by the Inspector's user"
+    )
+
+
+def check_recipe(path: Path) -> None:
+    """The recipe reference's and GDK's rules for one recipe file."""
     recipe = load_recipe(path)
     assert path.stat().st_size <= MAX_RECIPE_BYTES, "GDK refuses recipes above 16,000 bytes"
     for key in ("RecipeFormatVersion", "ComponentName", "ComponentVersion", "Manifests"):
@@ -342,3 +373,32 @@ def test_gdk_config_follows_gdk_1_6_rules() -> None:
     assert "greengrass-build/" in (REPO / ".gitignore").read_text().splitlines(), (
         "GDK's build folder is not committed"
     )
+
+
+def test_documented_configuration_updates_are_valid_and_authorized() -> None:
+    # given every JSON example of docs/greengrass.md that updates the Inspector's configuration
+    defaults = default_configuration(load_recipe(inspector_recipe_path()))
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", DOCS.read_text(), re.DOTALL)]
+    updates: list[dict[str, Any]] = []
+    for block in blocks:
+        inspector = block.get("components", block).get(COMPONENT_NAME, {})
+        update = inspector.get("configurationUpdate", inspector)
+        merge = update.get("merge", update.get("MERGE"))
+        updates.append(
+            {
+                "merge": json.loads(merge) if isinstance(merge, str) else merge or {},
+                "reset": update.get("reset", []),
+            }
+        )
+    assert len(updates) == 3, "the fleet deployment, the topic MERGE and the RESET examples"
+    environ = {**DEMO_ENVIRON, "LFV_EDGE_GREENGRASS_ROOT": "/greengrass/v2"}
+    for update in updates:
+        # then: RESET pointers name real keys, and the merged configuration parses and is allowed
+        for pointer in update["reset"]:
+            assert pointer_exists(defaults, pointer), f"RESET {pointer} names a default"
+        merged = merge_config(defaults, update["merge"])
+        to_service_config(merged, environ)
+        for service, operation, topic in required_grants(merged):
+            assert check(merged, service, operation, topic, LOOKUP[service]), (
+                f"{operation} on {topic} is allowed after the documented MERGE"
+            )
