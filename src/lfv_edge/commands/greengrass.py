@@ -48,7 +48,9 @@ EXIT_OK = 0
 EXIT_FATAL = 1
 DEBOUNCE_S = 1.0  # the nucleus sends one event per changed leaf: wait for the burst to end
 _MAX_DEBOUNCE_S = 5.0  # … but apply a never-ending trickle of changes at least this often
-DRAIN_TIMEOUT_S = 10.0  # below the nucleus's default 15 s between SIGTERM and SIGKILL
+# Short: the nucleus force-kills a component that does not stop in time (15 s is the default
+# timeout of lifecycle steps such as Shutdown).
+DRAIN_TIMEOUT_S = 10.0
 
 
 def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
@@ -114,14 +116,15 @@ def _run(args: argparse.Namespace) -> int:
         debounce_s=args.debounce,
         drain_timeout_s=args.drain_timeout,
     )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        component.request_stop(signal.Signals(signum).name)
+
+    # Before start(): a SIGTERM while the model loads stops us as soon as we serve.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         component.start()
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            component.request_stop(signal.Signals(signum).name)
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
         code = component.wait()
     finally:
         component.close()
@@ -166,6 +169,7 @@ class GreengrassComponent:
         self._drain_timeout_s = drain_timeout_s
         self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._stopping = threading.Event()
+        self._started = threading.Event()
         self._applier: threading.Thread | None = None
         self._config: ServiceConfig | None = None
         self._service: Service | None = None
@@ -216,6 +220,8 @@ class GreengrassComponent:
             if self._service is not None:
                 self._service.stop(timeout_s=1.0)
             raise
+        finally:
+            self._started.set()
 
     def _report_errored(self) -> None:
         if self._connection.lost_reason is not None:
@@ -256,7 +262,10 @@ class GreengrassComponent:
     # --- run and stop ----------------------------------------------------------------------------
 
     def request_stop(self, why: str) -> None:
-        """Stop serving (drain) from any thread, signal handlers included: never blocks."""
+        """Stop serving (drain) from any thread, signal handlers included: never blocks.
+
+        Before `start()` has finished, the stop happens as soon as the service runs.
+        """
         if self._stopping.is_set():
             return
         self._stopping.set()
@@ -264,6 +273,7 @@ class GreengrassComponent:
         threading.Thread(target=self._stop_service, name="lfv-stop", daemon=True).start()
 
     def _stop_service(self) -> None:
+        self._started.wait()  # set by start(), whether it succeeded or not
         if self._service is not None:
             self._service.stop(self._drain_timeout_s)
 
