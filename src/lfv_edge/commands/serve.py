@@ -209,9 +209,20 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Servic
 
 
 def default_threads() -> int:
-    """TVM workers for `serve`: leave one CPU to decoding and pre-processing of the next image."""
+    """TVM workers for `serve`: leave one CPU to decoding and pre-processing of the next image.
+
+    Measured on 2 shared cores with the 1000×1000 bench model and 1080p JPEGs (docs/mqtt.md):
+    a second TVM thread did not make the model faster, cost ~10 ms more CPU per request and
+    raised the median reply latency by a third, because it competes with the pre-processing
+    thread that overlaps inference.
+    """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cpus or 1) - 1)
+
+
+def _env_threads(environ: Mapping[str, str]) -> int | None:
+    value = environ.get("TVM_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -231,7 +242,7 @@ def run_serve(args: argparse.Namespace) -> int:
     assert config.model is not None  # noqa: S101 - build_config checked
     assert config.mqtt is not None  # noqa: S101 - build_config checked
     package = read_model_package(config.model.path)
-    threads = config.model.threads or default_threads()
+    threads = config.model.threads or _env_threads(environ) or default_threads()
     inspector = Inspector.load(
         package,
         device=config.model.device,
