@@ -59,6 +59,7 @@ class Broker:
     folder: Path
     port: int
     extra_config: str = ""
+    anonymous: bool = True  # False: every client is refused (CONNACK "Not authorized")
     process: subprocess.Popen[str] | None = None
     log: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
@@ -74,7 +75,7 @@ class Broker:
             # persistence file into our temp folder: stay who we are.
             f"user {getpass.getuser()}\n"
             f"per_listener_settings false\n"
-            f"allow_anonymous true\n"
+            f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
             f"persistence true\n"
             f"persistence_location {self.folder}/\n"
             f"log_dest stderr\n"  # unbuffered, unlike stdout into a pipe

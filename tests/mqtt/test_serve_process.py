@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.mqtt.conftest import WAIT_S, Broker, Peer, body_request, jpeg, request_ids
+from tests.mqtt.conftest import WAIT_S, Broker, Peer, body_request, free_port, jpeg, request_ids
 
 
 class ServeProcess:
@@ -231,3 +231,25 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
     assert os.environ.get("AWS_IOT_THING_NAME") != "press-7", (
         "the environment came in as an argument"
     )
+
+
+def test_a_broker_refusing_us_after_start_exits_1_with_one_line(
+    tmp_path: Path, topic: str, small_package: Path, launch: Callable[[list[str]], ServeProcess]
+) -> None:
+    # given a broker that accepts the TCP connection but refuses every client in its CONNACK
+    refusing = Broker(tmp_path / "refusing", free_port(), anonymous=False)
+    refusing.folder.mkdir()
+    refusing.start()
+    try:
+        # when serve connects to it
+        serve = launch(_serve_args(refusing, topic, small_package, f"proc-{uuid.uuid4().hex[:8]}"))
+        code = serve.wait()
+    finally:
+        refusing.stop()
+    # then it stops with exit 1 and one line naming the refusal
+    lines = serve.log.read_text().strip().splitlines()
+    assert code == 1, f"exit 1, got {code}: {lines}"
+    assert "refused the connection: Not authorized" in lines[-1], (
+        f"the last line says why: {lines[-1]}"
+    )
+    assert not any("Traceback" in line for line in lines), f"no traceback: {lines}"
