@@ -15,7 +15,9 @@ from pathlib import Path
 from lfv_edge.errors import ConfigError
 
 DEFAULT_MODEL_ENV = "LFV_EDGE_DEFAULT_MODEL"
-EMBEDDED_PACKAGE = Path("artifacts/com.lfvedge.DemoModel/1.0.0/lfv_demo_greengrass_model_component.zip")
+EMBEDDED_PACKAGE = Path(
+    "artifacts/com.lfvedge.DemoModel/1.0.0/lfv_demo_greengrass_model_component.zip"
+)
 
 
 def embedded_package(environ: Mapping[str, str] = os.environ) -> Path:
