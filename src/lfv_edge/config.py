@@ -570,6 +570,10 @@ def read_config_mapping(path: Path) -> dict[str, object]:
         raise ConfigError(
             f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    except RecursionError as exc:  # json.loads gives up on deep nesting with RecursionError
+        raise ConfigError(f"{path}: not valid JSON: nested too deeply") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     return raw

@@ -436,4 +436,7 @@ def decode_manifest(data: bytes) -> Manifest:
     except json.JSONDecodeError as exc:
         msg = f"manifest.json is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         raise ModelPackageError(msg) from exc
+    except RecursionError as exc:  # json.loads gives up on deep nesting with RecursionError
+        msg = "manifest.json is nested too deeply"
+        raise ModelPackageError(msg) from exc
     return parse_manifest(raw)

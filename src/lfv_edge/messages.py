@@ -28,7 +28,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -67,6 +69,9 @@ _REQUEST_KEYS = frozenset(
 )
 _FRAME_CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
 _MAX_REQUEST_ID = 256
+_DEEP_SCAN_BYTES = 256 << 10  # bounds the pure-Python scan of a too-deep payload (~0.1 s)
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,8 @@ def request_id_of(payload: bytes) -> str | None:
     """Best-effort `RequestId` of a payload that failed to parse, so its error reply carries it."""
     try:
         body = json.loads(payload)
+    except RecursionError:  # valid JSON nested deeper than json.loads goes: scan the top level
+        return _top_level_request_id(payload[:_DEEP_SCAN_BYTES])
     except (ValueError, UnicodeDecodeError):
         return None
     if isinstance(body, dict):
@@ -90,6 +97,85 @@ def request_id_of(payload: bytes) -> str | None:
         if isinstance(value, str) and len(value) <= _MAX_REQUEST_ID:
             return value
     return None
+
+
+def _top_level_request_id(payload: bytes) -> str | None:
+    """The `RequestId` string among the top-level keys of a JSON object, read without recursion.
+
+    Only for payloads `json.loads` gives up on because of their depth: nested values are
+    skipped by counting brackets. None when the object is malformed before the key is found.
+    """
+    try:
+        text = payload.decode("utf-8")
+        index = _skip_space(text, 0)
+        if text[index : index + 1] != "{":
+            return None
+        index = _skip_space(text, index + 1)
+        while text[index : index + 1] == '"':
+            key, index = _DECODER.raw_decode(text, index)
+            index = _skip_space(text, index)
+            if text[index : index + 1] != ":":
+                return None
+            index = _skip_space(text, index + 1)
+            if key == "RequestId":
+                if text[index : index + 1] != '"':
+                    return None
+                value, _ = _DECODER.raw_decode(text, index)
+                return (
+                    value if isinstance(value, str) and 0 < len(value) <= _MAX_REQUEST_ID else None
+                )
+            index = _skip_space(text, _skip_value(text, index))
+            if text[index : index + 1] != ",":
+                return None
+            index = _skip_space(text, index + 1)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError included
+        return None
+    return None
+
+
+def _skip_space(text: str, index: int) -> int:
+    match = _JSON_SPACE.match(text, index)
+    return match.end() if match else index
+
+
+def _skip_value(text: str, index: int) -> int:
+    """The index just after the JSON value starting at `index`, brackets counted, not recursed."""
+    depth = 0
+    while index < len(text):
+        char = text[index]
+        if char == '"':
+            _, index = _DECODER.raw_decode(text, index)  # a string: no recursion
+            if depth == 0:
+                return index
+            continue
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            if depth == 0:
+                return index  # the end of the enclosing object: a scalar value ended here
+            depth -= 1
+            if depth == 0:
+                return index + 1
+        elif char == "," and depth == 0:
+            return index
+        index += 1
+    msg = "unterminated value"
+    raise ValueError(msg)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: would come back as Infinity, which is not JSON
+        msg = f"number {text} is out of range"
+        raise ValueError(msg)
+    return value
+
+
+def _no_constant(name: str) -> object:
+    # NaN and Infinity are accepted by Python's json but are not JSON: echoed in Metadata they
+    # would make the reply unreadable for strict parsers (JavaScript, Go, AWS IoT rules).
+    msg = f"{name} is not a JSON value"
+    raise ValueError(msg)
 
 
 def _b64(value: object, field: str) -> bytes:
@@ -174,7 +260,9 @@ def parse_request(
             return Request(request_id=None, source=EncodedImage(payload))
         raise InputError(BAD_REQUEST, "payload is neither a JSON request nor an image")
     try:
-        body = json.loads(payload)
+        body = json.loads(payload, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError as exc:
+        raise InputError(BAD_REQUEST, "payload JSON is nested too deeply") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(BAD_REQUEST, f"payload is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):

@@ -134,7 +134,7 @@ def _read_meta(meta: Path | None) -> tuple[str | None, tuple[str, ...]]:
         return None, ()
     try:
         body = json.loads(meta.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         msg = f"{meta}: not valid JSON: {exc}"
         raise ModelPackageError(msg) from exc
     if not isinstance(body, dict):

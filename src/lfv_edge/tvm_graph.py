@@ -104,6 +104,9 @@ def parse_graph(text: str | bytes) -> Graph:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         msg = f"not valid JSON: {exc}"
         raise GraphFormatError(msg) from exc
+    except RecursionError as exc:  # json.loads gives up on deep nesting with RecursionError
+        msg = "not valid JSON: nested too deeply"
+        raise GraphFormatError(msg) from exc
     if not isinstance(raw, dict):
         msg = "top level must be a JSON object"
         raise GraphFormatError(msg)
