@@ -15,14 +15,16 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from lfv_edge.config import parse_config
+from lfv_edge.config import parse_config, read_config_file
 from lfv_edge.elf import ElfError, read_shared_object
 from lfv_edge.errors import ConfigError, InputError, ModelPackageError
-from lfv_edge.imaging import SizeLimits, decode_image, sniff_size
-from lfv_edge.messages import ERROR_CODES, parse_request
+from lfv_edge.imaging import SizeLimits, check_size, decode_image, sniff_size
+from lfv_edge.messages import ERROR_CODES, parse_request, request_id_of
+from lfv_edge.pipeline import EncodedImage, RawFrame
 from lfv_edge.tvm_graph import GraphFormatError, parse_graph
 from lfv_edge.tvm_params import ParamsFormatError, decode_params, encode_params
 from tests.fuzz.conftest import CASES
@@ -56,6 +58,35 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
+
+
+# JSON nested deeper than json.loads goes (it raises RecursionError near depth 1,000).
+deep_json = st.builds(
+    lambda depth, kind: (kind[0] * depth + kind[1] * depth).encode(),
+    st.integers(900, 20_000),
+    st.sampled_from([("[", "]"), ('{"a":', "}"), ("[{}, ", "]")]),
+).map(lambda raw: raw if not raw.startswith(b'{"a":') else raw.replace(b"}", b"1}", 1))
+
+
+def with_deep_value(encoded: bytes, deep: bytes) -> bytes:
+    """`encoded` (a JSON object) with one more key whose value is `deep`."""
+    if not encoded.startswith(b"{") or encoded == b"{}":
+        return b'{"Metadata": ' + deep + b"}"
+    return b'{"Metadata": ' + deep + b", " + encoded[1:]
+
+
+DEEP_REQUEST = b'{"RequestId": "deep", "Metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+NAN_REQUEST = b'{"RequestId": "nan", "Body": "AAAA", "Metadata": {"a": NaN}}'
+HUGE_FLOAT_REQUEST = b'{"RequestId": "inf", "Body": "AAAA", "Metadata": {"a": 1e400}}'
+
+
+def strict_json(payload: bytes) -> Any:
+    """Parse as strict JSON (no NaN or Infinity), as JavaScript or Go would."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON: {payload[:200]!r}")
+
+    return json.loads(payload, parse_constant=refuse)
 
 
 @st.composite
@@ -119,7 +150,11 @@ def requests(draw: st.DrawFn) -> bytes:
         body[draw(st.text(max_size=10))] = draw(json_values)
     if draw(st.integers(0, 5)) == 0:
         body["IncludeMask"] = draw(json_scalars)
-    encoded = json.dumps(body).encode()
+    if draw(st.integers(0, 4)) == 0:
+        body["Metadata"] = draw(json_values | st.dictionaries(st.text(max_size=5), json_values))
+    encoded = json.dumps(body).encode()  # NaN and ±Infinity appear as Python's json writes them
+    if draw(st.integers(0, 9)) == 0:
+        encoded = with_deep_value(encoded, draw(deep_json))
     return draw(st.just(encoded) | mutated(encoded))
 
 
@@ -129,6 +164,12 @@ LIMITS = SizeLimits(max_encoded_bytes=1 << 20)
 @given(
     payload=requests() | st.binary(max_size=200) | st.sampled_from(VALID_IMAGES).flatmap(mutated)
 )
+# Found by fuzzing: json.loads raises RecursionError (not ValueError) on deep nesting; it
+# escaped parse_request and request_id_of, so the request got no reply at all.
+@example(payload=DEEP_REQUEST)
+# Found by fuzzing: NaN / 1e400 in Metadata were echoed as NaN / Infinity: not JSON.
+@example(payload=NAN_REQUEST)
+@example(payload=HUGE_FLOAT_REQUEST)
 def test_request_parsing_returns_a_request_or_a_coded_error(payload: bytes) -> None:
     CASES["request parsing"] += 1
     try:
@@ -136,8 +177,59 @@ def test_request_parsing_returns_a_request_or_a_coded_error(payload: bytes) -> N
     except InputError as exc:
         assert exc.code in ERROR_CODES, f"undocumented code {exc.code}"
         assert exc.message, "every error has a message"
+        recovered = request_id_of(payload)
+        assert recovered is None or isinstance(recovered, str), "a typed request id, or none"
         return
     assert request.request_id is None or isinstance(request.request_id, str), "typed request id"
+    strict_json(json.dumps(request.metadata).encode())  # what is echoed back is strict JSON
+
+
+def test_the_request_id_of_a_too_deep_request_is_still_found() -> None:
+    # given requests too deep for json.loads, with the id before, after and inside the depth
+    after = b'{"Metadata": ' + b'[{"x": "]["}, ' * 3000 + b"]" * 3000 + b', "RequestId": "late"}'
+    # then the error reply can still carry the id (a top-level key), never a nested one
+    assert request_id_of(DEEP_REQUEST) == "deep", "RequestId before the deep value"
+    assert request_id_of(after) == "late", "RequestId after the deep value (strings skipped)"
+    inner = b'{"Metadata": ' + b'[{"RequestId": "no"}, ' + b"[" * 3000 + b"]" * 3001 + b"}"
+    assert request_id_of(inner) is None, "a nested RequestId is not the request's"
+    with pytest.raises(InputError, match="nested too deeply") as refused:
+        parse_request(DEEP_REQUEST, image_roots=ROOTS, max_payload_bytes=1 << 20)
+    assert refused.value.code == "BadRequest", "a coded error, not an internal one"
+
+
+@given(
+    body=st.text(max_size=400) | st.binary(max_size=300).map(lambda b: base64.b64encode(b).decode())
+)
+def test_base64_bodies_decode_to_an_image_or_a_coded_error(body: str) -> None:
+    CASES["base64 bodies"] += 1
+    payload = json.dumps({"RequestId": "b64", "Body": body}).encode()
+    try:
+        request = parse_request(payload, image_roots=ROOTS, max_payload_bytes=1 << 20)
+        assert isinstance(request.source, EncodedImage), "a Body is an encoded image"
+        decode_image(request.source.data, LIMITS)
+    except InputError as exc:
+        assert exc.code in ERROR_CODES, f"undocumented code {exc.code}"
+
+
+@given(frame=frames())
+def test_raw_frames_become_pixels_of_the_stated_size_or_a_coded_error(
+    frame: dict[str, Any],
+) -> None:
+    CASES["raw frames"] += 1
+    payload = json.dumps({"RequestId": "frame", "Frame": frame}).encode()
+    try:
+        request = parse_request(payload, image_roots=ROOTS, max_payload_bytes=1 << 20)
+    except InputError as exc:
+        assert exc.code in ERROR_CODES, f"undocumented code {exc.code}"
+        return
+    assert isinstance(request.source, RawFrame), "a Frame is a raw frame"
+    pixels = request.source.pixels
+    assert pixels.shape[:2] == (frame["Height"], frame["Width"]), "the stated size"
+    assert pixels.dtype == np.uint8, "bytes"
+    try:
+        check_size(frame["Width"], frame["Height"], SizeLimits())
+    except InputError as exc:
+        assert exc.code in {"ImageTooSmall", "ImageTooLarge"}, "size bounds are coded"
 
 
 @given(data=st.sampled_from(VALID_IMAGES).flatmap(mutated) | st.binary(max_size=300))
@@ -220,13 +312,42 @@ def test_config_parsing_returns_a_config_or_a_config_error(raw: Any) -> None:
         assert str(exc), "the error says what is wrong"
 
 
+CONFIG_BYTES = json.dumps(
+    {
+        "model": {"path": "/models/a.zip", "device": "cpu", "threads": 1},
+        "imageRoots": ["/data"],
+        "queue": {"size": 8, "overflow": "reject"},
+        "mqtt": {"broker": "mqtt://127.0.0.1", "requestsTopic": "a", "resultsTopic": "b"},
+    }
+).encode()
+
+
+@given(
+    data=mutated(CONFIG_BYTES)
+    | st.binary(max_size=100)
+    | deep_json.map(lambda deep: with_deep_value(CONFIG_BYTES, deep))
+)
+@example(data=b"\xff\xfe{")  # found by fuzzing: UnicodeDecodeError escaped as an internal error
+@example(data=b'{"model": ' + b"[" * 5000 + b"]" * 5000 + b"}")  # found: RecursionError escaped
+def test_config_files_give_a_config_or_a_config_error(data: bytes, tmp_path_factory: Any) -> None:
+    CASES["config files"] += 1
+    path = tmp_path_factory.getbasetemp() / "fuzz-config.json"
+    path.write_bytes(data)
+    try:
+        read_config_file(path)
+    except ConfigError as exc:
+        assert str(exc).startswith(str(path)) or ":" in str(exc), "the error names where"
+
+
 MANIFEST_BYTES = json.dumps(REAL_MANIFEST).encode()
 
 
 @given(
     data=mutated(MANIFEST_BYTES)
     | st.builds(lambda v: json.dumps({"model_graph": v}).encode(), json_values)
+    | deep_json.map(lambda deep: with_deep_value(MANIFEST_BYTES, deep))
 )
+@example(data=b'{"model_graph": ' + b"[" * 5000 + b"]" * 5000 + b"}")  # found: RecursionError
 def test_manifest_parsing_returns_a_manifest_or_a_package_error(data: bytes) -> None:
     CASES["manifest parsing"] += 1
     from lfv_edge.manifest import decode_manifest
@@ -279,7 +400,12 @@ GRAPH = json.dumps(
 ).encode()
 
 
-@given(data=mutated(GRAPH) | st.builds(lambda v: json.dumps(v).encode(), json_values))
+@given(
+    data=mutated(GRAPH)
+    | st.builds(lambda v: json.dumps(v).encode(), json_values)
+    | deep_json.map(lambda deep: with_deep_value(GRAPH, deep))
+)
+@example(data=b'{"nodes": ' + b"[" * 5000 + b"]" * 5000 + b"}")  # found by fuzzing: RecursionError
 def test_graph_parsing_returns_a_graph_or_a_format_error(data: bytes) -> None:
     CASES["graph parsing"] += 1
     try:

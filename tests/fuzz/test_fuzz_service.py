@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 
 from lfv_edge.messages import ERROR_CODES
 from lfv_edge.modelbuild.package import PackageSpec
@@ -19,7 +19,7 @@ from lfv_edge.service import Service, ServiceSettings
 from lfv_edge.transports.memory import MemoryTransport
 from tests.conftest import PackageFactory
 from tests.fuzz.conftest import CASES
-from tests.fuzz.test_fuzz_inputs import ROOTS, requests
+from tests.fuzz.test_fuzz_inputs import DEEP_REQUEST, NAN_REQUEST, ROOTS, requests, strict_json
 
 _ids = itertools.count()
 
@@ -48,23 +48,32 @@ def served(make_package: PackageFactory) -> Iterator[tuple[Service, MemoryTransp
     assert not duplicates, f"requests answered more than once: {duplicates}"
 
 
+def with_request_id(payload: bytes, request_id: str) -> bytes:
+    """`payload` made into a JSON object request carrying `request_id` (as its first key)."""
+    try:
+        body: Any = json.loads(payload)
+    except RecursionError:  # too deep to load: keep it as it is, with the id in front
+        return b'{"RequestId": "' + request_id.encode() + b'", ' + payload.lstrip()[1:]
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {"Body": payload.decode("latin-1")}
+    body.pop("RequestId", None)
+    return json.dumps({"RequestId": request_id, **body}).encode()
+
+
 @given(payload=requests())
+@example(payload=DEEP_REQUEST)  # found by fuzzing: no reply at all (RecursionError)
+@example(payload=NAN_REQUEST)  # found by fuzzing: a reply that was not JSON (NaN echoed)
 def test_every_request_with_an_id_gets_exactly_one_reply(
     payload: bytes, served: tuple[Service, MemoryTransport]
 ) -> None:
     CASES["service round trips"] += 1
     _, transport = served
     request_id = f"fuzz-{next(_ids)}"
-    try:
-        body: Any = json.loads(payload)
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        body = {"Body": payload.decode("latin-1")}
-    body["RequestId"] = request_id
     before = len(transport.published)
-    transport.deliver(json.dumps(body).encode())
-    replies = [json.loads(p.payload) for p in transport.wait_for(before + 1, timeout_s=30)]
+    transport.deliver(with_request_id(payload, request_id))
+    replies = [strict_json(p.payload) for p in transport.wait_for(before + 1, timeout_s=30)]
     mine = [r for r in replies if r.get("RequestId") == request_id]
     assert len(mine) == 1, f"exactly one reply for {request_id}: {mine}"
     reply = mine[0]
