@@ -65,3 +65,20 @@ def test_an_overlay_shows_the_mask_in_its_colour_and_a_legend(make_package: Pack
     assert body[10, 10].tolist() == [128, 128, 128], "background pixels untouched"
     assert tile.shape[0] > 34 + 200, "legend below the image"
     assert contact_sheet([tile, tile, tile], "t").shape[1] == 10 + 3 * (200 + 10), "grid width"
+
+
+def test_the_readme_demo_runs_on_the_embedded_package(tmp_path: Path) -> None:
+    # `lfv-edge demo` with no arguments is the end of the README's first command
+    run = subprocess.run(
+        [sys.executable, "-m", "lfv_edge", "demo", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    summary = next(
+        line for line in run.stdout.splitlines() if "verdicts match the ground truth" in line
+    )
+    matched = int(summary.split("/")[0])
+    assert matched >= 10, f"the trained demo model tells good parts from bad ones: {summary}"
+    assert (tmp_path / "out" / "contact-sheet.png").is_file(), (
+        "the contact sheet is written where asked"
+    )

@@ -96,13 +96,9 @@ def _legend(verdict: Verdict, width: int) -> NDArray[np.uint8]:
     for row, anomaly in enumerate(entries):
         y = 8 + 20 * row
         cv2.rectangle(legend, (10, y), (24, y + 14), _hex_to_rgb(anomaly.pixel_anomaly.color), -1)
-        _text(
-            legend,
-            f"{anomaly.name}  {anomaly.pixel_anomaly.total_percentage_area:.2%} of the image",
-            (32, y + 12),
-            0.45,
-            (40, 40, 40),
-        )
+        area = anomaly.pixel_anomaly.total_percentage_area
+        shown = "<0.01%" if 0 < area < 0.0001 else f"{area:.2%}"
+        _text(legend, f"{anomaly.name}  {shown} of the image", (32, y + 12), 0.45, (40, 40, 40))
     return legend
 
 

@@ -17,6 +17,9 @@ from pathlib import Path
 from lfv_edge.commands import Subparsers
 
 DEFAULT_OUT = Path("demo-output")
+# High-contrast entries of LFV's default palette for the demo's labels: its first entry,
+# green, would vanish on the green circuit boards. (`lfv-edge infer --colors` does the same.)
+DEMO_COLORS = {"scratch": "#FF2EDC", "stain": "#14A3B3", "crack": "#F76902", "dent": "#9380FF"}
 
 
 def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
@@ -51,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--size must be between 64 and 4096, got {args.size}")
     started = time.perf_counter()
     package = read_model_package(Path(args.model) if args.model else embedded_package())
-    inspector = Inspector.load(package, device=args.device)
+    inspector = Inspector.load(package, device=args.device, colors=DEMO_COLORS)
     out = Path(args.out)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
@@ -77,7 +80,8 @@ def _run(args: argparse.Namespace) -> int:
         verdict = inspector.inspect(RawFrame(sample.image_rgb, "rgb")).verdict
         agree += int(verdict.is_anomalous == sample.is_anomalous)
         found = ", ".join(
-            f"{a.name} {a.pixel_anomaly.total_percentage_area:.1%}" for a in verdict.anomalies[1:]
+            f"{a.name} {_percent(a.pixel_anomaly.total_percentage_area)}"
+            for a in verdict.anomalies[1:]
         ) or ("-" if verdict.mask is not None else "(no mask head)")
         state = "ANOMALY" if verdict.is_anomalous else "normal"
         truth = defect or "normal"
@@ -102,3 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     sys.stdout.flush()
     return 0
+
+
+def _percent(fraction: float) -> str:
+    return "<0.01%" if 0 < fraction < 0.0001 else f"{fraction:.2%}"
