@@ -330,7 +330,8 @@ def encode_result(
     max_bytes: int | None = None,
     extra: Mapping[str, object] | None = None,
 ) -> bytes:
-    """The success reply. Drops the mask (and says so) when the reply would exceed `max_bytes`."""
+    """The success reply. Drops the mask, then the echoed metadata (and says so) when the reply
+    would exceed `max_bytes`."""
     verdict = inspection.verdict
     with_mask = include_mask and request.include_mask and verdict.mask is not None
     body: dict[str, object] = {
@@ -353,6 +354,12 @@ def encode_result(
     if max_bytes is not None and len(encoded) > max_bytes and with_mask:
         body["DetectAnomalyResult"] = verdict.to_lfv(include_mask=False)
         body["AnomalyMaskOmitted"] = f"the reply would exceed {max_bytes} bytes"
+        encoded = json.dumps(body, separators=(",", ":")).encode()
+    if max_bytes is not None and len(encoded) > max_bytes and "Metadata" in body:
+        # Echoed metadata can outgrow the request (JSON escapes non-ASCII as 6-byte \uXXXX):
+        # a reply the route refuses would be no reply at all.
+        del body["Metadata"]
+        body["MetadataOmitted"] = f"the reply would exceed {max_bytes} bytes"
         encoded = json.dumps(body, separators=(",", ":")).encode()
     return encoded
 
