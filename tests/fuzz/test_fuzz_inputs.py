@@ -250,7 +250,9 @@ def test_image_decoding_returns_pixels_or_a_coded_error(data: bytes) -> None:
 @given(
     width=st.integers(0, 70_000),
     height=st.integers(0, 70_000),
-    kind=st.sampled_from(["png", "jpeg", "bmp", "gif"]),
+    kind=st.sampled_from(
+        ["png", "jpeg", "bmp", "gif", "webp-vp8x", "webp-vp8", "webp-vp8l", "tiff"]
+    ),
 )
 def test_decompression_bombs_are_refused_from_the_header(
     width: int, height: int, kind: str
@@ -275,8 +277,24 @@ def test_decompression_bombs_are_refused_from_the_header(
         )
     elif kind == "bmp":
         data = b"BM" + b"\0" * 16 + struct.pack("<ii", width, height) + b"\0" * 40
-    else:
+    elif kind == "gif":
         data = b"GIF89a" + struct.pack("<HH", width & 0xFFFF, height & 0xFFFF) + b"\0" * 40
+    elif kind == "webp-vp8x":  # extended: 24-bit canvas width − 1 and height − 1
+        w, h = max(width, 1) - 1, max(height, 1) - 1
+        chunk = b"\x08\0\0\0" + w.to_bytes(3, "little") + h.to_bytes(3, "little")
+        data = b"RIFF" + struct.pack("<I", 30) + b"WEBPVP8X" + struct.pack("<I", 10) + chunk
+        data += b"\0" * 40
+    elif kind == "webp-vp8":  # lossy key frame: 14-bit width and height
+        frame = b"\x10\x02\x00\x9d\x01\x2a" + struct.pack("<HH", width & 0x3FFF, height & 0x3FFF)
+        data = b"RIFF" + struct.pack("<I", 30) + b"WEBPVP8 " + struct.pack("<I", 10) + frame
+        data += b"\0" * 40
+    elif kind == "webp-vp8l":  # lossless: 14-bit width − 1 and height − 1
+        bits = ((max(width, 1) - 1) & 0x3FFF) | (((max(height, 1) - 1) & 0x3FFF) << 14)
+        data = b"RIFF" + struct.pack("<I", 30) + b"WEBPVP8L" + struct.pack("<I", 5)
+        data += b"\x2f" + struct.pack("<I", bits) + b"\0" * 40
+    else:  # TIFF: one IFD with ImageWidth and ImageLength as LONGs
+        entries = struct.pack("<HHII", 256, 4, 1, width) + struct.pack("<HHII", 257, 4, 1, height)
+        data = b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", 2) + entries + b"\0" * 40
     size = sniff_size(data)
     assert size is not None, "the header is read"
     try:
