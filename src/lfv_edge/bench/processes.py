@@ -1,0 +1,322 @@
+"""The processes a broker benchmark runs: mosquitto, `lfv-edge serve`, the bare model worker.
+
+Plus the benchmark's own MQTT client, which publishes requests and timestamps replies on
+paho's network thread. Each process is the real thing, started as users start it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import paho.mqtt.client as paho  # noqa: TID251 - the benchmark's client, not the service's door
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: TID251
+
+from lfv_edge.errors import LfvEdgeError
+
+MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+START_TIMEOUT_S = 60.0
+REPLY_TIMEOUT_S = 300.0
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def proc_status_kb(pid: int, field: str) -> int:
+    """A `/proc/<pid>/status` memory field (VmRSS, VmHWM) in kB; 0 once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all threads."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- mosquitto ---------------------------------------------------------------------------
+
+
+class Mosquitto:
+    """A private mosquitto on 127.0.0.1:<free port>, in-memory sessions, no size limits."""
+
+    def __init__(self, folder: Path) -> None:
+        executable = next(
+            (found for name in MOSQUITTO_CANDIDATES if (found := shutil.which(name))), None
+        )
+        if executable is None:
+            msg = "mosquitto is needed for the broker benchmarks (apt-get install mosquitto)"
+            raise LfvEdgeError(msg)
+        self.port = free_port()
+        config = folder / "mosquitto.conf"
+        # max_queued_messages 0: the broker never drops a backlog (the burst of P4 is one);
+        # in-flight messages per client stay at mosquitto's default (20), as deployed.
+        config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "message_size_limit 0\nmax_queued_messages 0\n"
+            "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
+        )
+        self._log = folder / "mosquitto.log"
+        with self._log.open("w") as log:
+            self.process = subprocess.Popen([executable, "-c", str(config)], stderr=log)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._accepting():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                msg = f"mosquitto did not start:\n{_tail(self._log)}"
+                raise LfvEdgeError(msg)
+            time.sleep(0.02)
+
+    def _accepting(self) -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+# --- the benchmark's MQTT client -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Reply:
+    """One reply as the client saw it."""
+
+    arrived: float  # perf_counter on the client's network thread
+    error: str | None  # the error code, None for a verdict
+    run_ms: float | None  # the model's run time from TimingsMs
+
+
+class BenchClient:
+    """Publishes requests, records replies, stats snapshots and status messages."""
+
+    def __init__(self, port: int, prefix: str, *, max_outstanding: int = 64) -> None:
+        self.prefix = prefix
+        self.requests_topic = f"{prefix}/requests"
+        self.results_topic = f"{prefix}/results"
+        self.status_topic = f"{prefix}/status"
+        self.stats_topic = f"{prefix}/stats"
+        self.replies: dict[str, Reply] = {}
+        self.stats: list[dict[str, object]] = []
+        self.status: list[tuple[float, dict[str, object]]] = []
+        self.changed = threading.Condition()
+        # Bounds the publishes paho holds in memory (a 10,000-request burst of 460 KB bodies
+        # would otherwise sit in this process): publish() waits for a slot.
+        self._slots = threading.BoundedSemaphore(max_outstanding)
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{prefix}-client-{os.getpid()}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self.client.max_queued_messages_set(0)
+        self.client.max_inflight_messages_set(max_outstanding)
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self.client.connect("127.0.0.1", port)
+        for topic in (self.results_topic, self.status_topic, self.stats_topic):
+            self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+
+    def _on_publish(self, client: paho.Client, userdata: object, mid: int, *_: object) -> None:
+        self._slots.release()
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        now = time.perf_counter()
+        body = json.loads(message.payload)
+        with self.changed:
+            if message.topic == self.results_topic:
+                error = body.get("Error")
+                timings = body.get("TimingsMs") or {}
+                self.replies[str(body.get("RequestId"))] = Reply(
+                    now, error.get("Code") if error else None, timings.get("run")
+                )
+            elif message.topic == self.stats_topic:
+                self.stats.append(body)
+            elif message.topic == self.status_topic:
+                self.status.append((now, body))
+            self.changed.notify_all()
+
+    def publish(self, request_id: str, payload: bytes) -> float:
+        """Publish one request (QoS 1); returns the perf_counter just before handing it over."""
+        if not self._slots.acquire(timeout=REPLY_TIMEOUT_S):
+            msg = "the broker stopped acknowledging requests"
+            raise LfvEdgeError(msg)
+        sent = time.perf_counter()
+        self.client.publish(self.requests_topic, payload, qos=1)
+        return sent
+
+    def wait(self, predicate: Callable[[], bool], timeout_s: float = REPLY_TIMEOUT_S) -> None:
+        with self.changed:
+            if not self.changed.wait_for(predicate, timeout_s):
+                msg = f"timed out after {timeout_s:g} s waiting on {self.prefix}"
+                raise LfvEdgeError(msg)
+
+    def wait_replies(self, request_ids: Sequence[str]) -> None:
+        self.wait(lambda: all(i in self.replies for i in request_ids))
+
+    def online_at(self) -> float | None:
+        with self.changed:
+            return next((t for t, s in self.status if s.get("Status") == "online"), None)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# --- lfv-edge serve ------------------------------------------------------------------------
+
+
+class ServeProcess:
+    """`python -m lfv_edge serve` on the benchmark broker, one topic prefix per process."""
+
+    def __init__(
+        self,
+        package: Path,
+        broker: Mosquitto,
+        prefix: str,
+        folder: Path,
+        *,
+        threads: int | None = None,
+        stats_interval_s: float = 0.0,
+        extra_args: Sequence[str] = (),
+        client_id: str | None = None,
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
+        self.prefix = prefix
+        self.log_path = folder / f"{prefix}-serve.log"
+        command = [
+            sys.executable, "-m", "lfv_edge", "serve", "--model", str(package),
+            "--broker", broker.url, "--client-id", client_id or f"{prefix}-svc",
+            "--requests-topic", f"{prefix}/requests", "--results-topic", f"{prefix}/results",
+            "--status-topic", f"{prefix}/status", "--stats-topic", f"{prefix}/stats",
+            "--stats-interval", f"{stats_interval_s:g}", *extra_args,
+        ]  # fmt: skip
+        if threads is not None:
+            command += ["--threads", str(threads)]
+        self._log: IO[str] = self.log_path.open("w")
+        self.started_at = time.perf_counter()
+        env = {**os.environ, **environment} if environment else None
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=self._log, env=env
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_online(self, client: BenchClient) -> float:
+        """Block until the retained `online` status arrives; seconds since the start."""
+        try:
+            client.wait(lambda: client.online_at() is not None, START_TIMEOUT_S)
+        except LfvEdgeError:
+            self.fail("did not come online")
+        online = client.online_at()
+        assert online is not None  # noqa: S101 - waited for above
+        return online - self.started_at
+
+    def fail(self, what: str) -> None:
+        self.stop()
+        msg = f"lfv-edge serve {what}:\n{_tail(self.log_path)}"
+        raise LfvEdgeError(msg)
+
+    def rss_kb(self) -> int:
+        return proc_status_kb(self.pid, "VmRSS")
+
+    def peak_rss_kb(self) -> int:
+        return proc_status_kb(self.pid, "VmHWM")
+
+    def cpu_s(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM (drain and exit), then the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._log.close()
+        return self.process.returncode
+
+
+# --- the bare model loop ---------------------------------------------------------------------
+
+
+class BareWorker:
+    """`python -m lfv_edge.bench.bare`: the package's model alone, in its own process."""
+
+    def __init__(self, package: Path, threads: int, image: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lfv_edge.bench.bare", str(package), str(threads), str(image)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None  # noqa: S101, PT018 - pipes requested
+        self._stdin, self._stdout = stdin, stdout
+        ready = stdout.readline().split()
+        if not ready or ready[0] != "ready":
+            self.close()
+            msg = "the bare model worker did not start"
+            raise LfvEdgeError(msg)
+        self.run_ms = float(ready[1])
+
+    def rate(self, count: int) -> tuple[float, float]:
+        """Model runs per second over `count` runs, and CPU ms per run."""
+        self._stdin.write(f"{count}\n")
+        self._stdin.flush()
+        elapsed, cpu = (float(part) for part in self._stdout.readline().split())
+        return count / elapsed, cpu * 1000.0 / count
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self._stdin.close()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)

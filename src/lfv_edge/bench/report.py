@@ -1,0 +1,119 @@
+"""The printed summary of a benchmark report: one row per figure, measured against its target."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def _met(flag: object) -> str:
+    if flag is None:
+        return "—"
+    return "yes" if flag else "NO"
+
+
+def rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(figure, measured, target, met) for every figure present in `report`."""
+    out: list[tuple[str, str, str, str]] = []
+    p1 = report.get("p1")
+    if p1:
+        times = p1["times_ms"]
+        out += [
+            (
+                "P1a pre-process, after decode",
+                f"{p1['after_decode_speedup']['median']:.2f}× "
+                f"({times['reference_after_decode']['median']:.1f} → "
+                f"{times['ours_after_decode']['median']:.1f} ms)",
+                "≥ 4×",
+                _met(p1["met"]["after_decode"]),
+            ),
+            (
+                "P1b pre-process, from JPEG bytes",
+                f"{p1['from_bytes_speedup']['median']:.2f}× "
+                f"({times['reference_from_bytes']['median']:.1f} → "
+                f"{times['ours_from_bytes']['median']:.1f} ms)",
+                "≥ 2.5×",
+                _met(p1["met"]["from_bytes"]),
+            ),
+            (
+                "P1 ours / floor (resize + write)",
+                f"{p1['ours_vs_floor']['median']:.2f}× "
+                f"(floor {times['floor_resize_plus_write']['median']:.1f} ms)",
+                "≤ 1.3×",
+                _met(p1["met"]["vs_floor"]),
+            ),
+            ("P1 parity, max |ours − ref|", f"{p1['max_abs_diff']:.2g}", "≤ 1e-5",
+             _met(p1["met"]["parity"])),
+        ]  # fmt: skip
+    for p2 in report.get("p2", []):
+        for kind, served in p2["served"].items():
+            out.append(
+                (
+                    f"P2 {p2['package']} ({p2['model_run_ms_at_start']:.0f} ms), {kind}",
+                    f"{served['ratio_to_bare']['median']:.3f} "
+                    f"({served['per_s']['median']:.1f}/s vs {p2['bare_per_s']['median']:.1f}/s)",
+                    "≥ 0.95",
+                    _met(served["met"]),
+                )
+            )
+    for p3 in report.get("p3", []):
+        added = p3.get("service_added_ms") or {}
+        out.append(
+            (
+                f"P3 added latency, {p3['kind']} @ {p3['rate_per_s']:.1f}/s",
+                f"p50 {added.get('p50', float('nan')):.1f} / p99 "
+                f"{added.get('p99', float('nan')):.1f} ms",
+                "p99 ≤ 10 ms",
+                _met(p3["met"]),
+            )
+        )
+    p4 = report.get("p4")
+    if p4:
+        out.append(
+            (
+                f"P4 RSS serve ({p4['package']})",
+                f"steady {p4['rss_steady_mb']:.0f} MB, after {p4['requests']} "
+                f"{p4['rss_after_mb']:.0f} MB ({p4['growth_mb_per_1000_requests']:+.2f} MB/1000)",
+                "≤ 300 MB, no growth",
+                _met(p4["met"]),
+            )
+        )
+        burst = p4.get("burst") or {}
+        if burst:
+            out.append(
+                (
+                    f"P4 peak RSS, {burst['requests']}-request burst",
+                    f"{burst['peak_rss_mb']:.0f} MB ({burst['busy']} Busy)",
+                    "(issue 6)",
+                    "—",
+                )
+            )
+    p5 = report.get("p5")
+    if p5:
+        out.append(
+            (
+                f"P5 cold start → first reply ({p5['package']})",
+                f"{p5['first_reply_s']['median']:.2f} s (imports alone "
+                f"{p5['baseline_s']['median']:.2f} s)",
+                "≤ 2 s",
+                _met(p5["met"]),
+            )
+        )
+    return out
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """A plain-text table of `rows(report)` with the machine line on top."""
+    machine = report.get("machine", {})
+    table = [("figure", "measured (median)", "target", "met"), *rows(report)]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    lines = [
+        f"machine: {machine.get('cpu_model')}, {machine.get('usable_cores')} usable cores, "
+        f"load average {machine.get('load_average_1_5_15')} → "
+        f"{report.get('load_average_at_end')}",
+    ]
+    for n, row in enumerate(table):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""The benchmark suite: which figures, in which order, with which packages; the JSON report.
+
+Packages: P2/P3 use builder packages with a 1000×1000 input (benchmarks.md: "a 1000×1000
+input whose model takes tens of milliseconds"): the "reference" network (conv 3×3 3→8 at full
+resolution; memory-bound like a real LFV backbone's first layers, ~45 ms on one core) is the
+headline, the lighter "bench" network (~20 ms, cheaper than decoding and pre-processing a
+1080p JPEG) shows where a small model leaves the service CPU-bound. P4/P5 use the committed
+demo package when this source tree has it, else a builder segmentation package (256×256,
+mask + score heads, the demo package's shape), and say which.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lfv_edge.bench import footprint, preprocessing, throughput
+from lfv_edge.bench.inputs import (
+    FULL_HD,
+    RequestKind,
+    build_package,
+    demo_package,
+    encode_jpeg,
+    frame_request,
+    jpeg_request,
+    photo_rgb,
+    source_tree,
+)
+from lfv_edge.bench.machine import describe_machine, load_average
+from lfv_edge.bench.processes import Mosquitto
+from lfv_edge.modelbuild.package import NetworkChoice
+
+logger = logging.getLogger(__name__)
+
+FIGURES = ("p1", "p2", "p3", "p4", "p5")
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    """What to run and how long; `quick()` is the smoke-test size."""
+
+    figures: tuple[str, ...] = FIGURES
+    threads: int = 1
+    p1_repetitions: int = 30
+    p1_warmup: int = 3
+    p2_networks: tuple[NetworkChoice, ...] = ("reference", "bench")
+    p2_rounds: int = 20
+    p2_batch: int = 24
+    p2_all_kinds: bool = True  # model-size kinds too (first network only)
+    p3_requests: int = 200
+    p4_requests: int = 10_000
+    p4_warmup: int = 200
+    p4_burst: int = 10_000
+    p5_repetitions: int = 20
+    p5_warmup: int = 1
+    model: Path | None = None  # P4/P5 package; default: the demo package or a builder one
+    keep: Path | None = None  # keep the work folder (packages, logs) here
+
+    @classmethod
+    def quick(cls, threads: int, **changes: Any) -> BenchOptions:  # noqa: ANN401 - dataclass fields
+        """A few seconds per figure: proves the suite runs, measures nothing reliably."""
+        values: dict[str, Any] = {
+            "threads": threads,
+            "p1_repetitions": 3,
+            "p1_warmup": 1,
+            "p2_networks": ("bench",),
+            "p2_rounds": 2,
+            "p2_batch": 6,
+            "p2_all_kinds": False,
+            "p3_requests": 4,
+            "p4_requests": 20,
+            "p4_warmup": 4,
+            "p4_burst": 40,
+            "p5_repetitions": 1,
+            "p5_warmup": 0,
+        }
+        values.update(changes)
+        return cls(**values)
+
+
+def _kinds(work: Path) -> tuple[RequestKind, RequestKind, RequestKind, Path]:
+    full = encode_jpeg(photo_rgb(FULL_HD))
+    image = work / "frame-1080p.jpg"
+    image.write_bytes(full)
+    model_size = photo_rgb((1000, 1000), seed=12)
+    return (
+        jpeg_request("jpeg1080", "1920×1080 JPEG q90 Body", full),
+        jpeg_request("jpeg1000", "1000×1000 JPEG q90 Body (model size)", encode_jpeg(model_size)),
+        frame_request("frame1000", "1000×1000 rgb8 Frame (model size)", model_size),
+        image,
+    )
+
+
+def run_bench(
+    options: BenchOptions, progress: Callable[[str], None] = lambda _: None
+) -> dict[str, Any]:
+    """Run the selected figures; returns the JSON-ready report."""
+    machine = describe_machine()
+    report: dict[str, Any] = {
+        "machine": machine.to_dict(),
+        "options": {
+            "figures": list(options.figures),
+            "tvm_threads": options.threads,
+            "p1_repetitions": options.p1_repetitions,
+            "p2_networks": list(options.p2_networks),
+            "p2_rounds": options.p2_rounds,
+            "p2_batch": options.p2_batch,
+            "p3_requests": options.p3_requests,
+            "p4_requests": options.p4_requests,
+            "p4_burst": options.p4_burst,
+            "p5_repetitions": options.p5_repetitions,
+        },
+    }
+    work = Path(tempfile.mkdtemp(prefix="lfv-edge-bench-"))
+    broker: Mosquitto | None = None
+    try:
+        if "p1" in options.figures:
+            progress("P1 pre-processing")
+            report["p1"] = preprocessing.measure_preprocessing(
+                repetitions=options.p1_repetitions, warmup=options.p1_warmup
+            ).to_dict()
+        needs_broker = {"p2", "p3", "p4", "p5"} & set(options.figures)
+        if needs_broker:
+            broker = Mosquitto(work)
+            jpeg1080, jpeg1000, frame1000, image = _kinds(work)
+            served_rates = _broker_figures(
+                options, report, work, broker, image, (jpeg1080, jpeg1000, frame1000), progress
+            )
+            if "p3" in options.figures:
+                primary = build_package(work, options.p2_networks[0], 1000)
+                report["p3"] = []
+                for kind in (jpeg1080, jpeg1000, frame1000) if options.p2_all_kinds else (
+                    jpeg1080, frame1000):  # fmt: skip
+                    rate = served_rates.get(kind.name)
+                    if rate is None:  # P2 skipped or this kind not measured: bound by the model
+                        rate = served_rates.get("bare", 10.0)
+                    progress(f"P3 added latency, {kind.name} at {rate / 2:.1f}/s")
+                    report["p3"].append(
+                        throughput.measure_latency(
+                            primary, kind, rate / 2, broker, work,
+                            threads=options.threads, requests=options.p3_requests,
+                        ).to_dict()
+                    )  # fmt: skip
+            if {"p4", "p5"} & set(options.figures):
+                package, label = _footprint_package(options, work)
+                if "p4" in options.figures:
+                    progress(f"P4 memory ({label})")
+                    report["p4"] = footprint.measure_memory(
+                        package, label, jpeg1080, broker, work, threads=options.threads,
+                        requests=options.p4_requests, warmup=options.p4_warmup,
+                        burst=options.p4_burst,
+                    ).to_dict()  # fmt: skip
+                if "p5" in options.figures:
+                    progress(f"P5 cold start ({label})")
+                    report["p5"] = footprint.measure_cold_start(
+                        package, label, jpeg1080, broker, work, threads=options.threads,
+                        repetitions=options.p5_repetitions, warmup=options.p5_warmup,
+                    ).to_dict()  # fmt: skip
+    finally:
+        if broker is not None:
+            broker.stop()
+        if options.keep is not None:
+            shutil.copytree(work, options.keep, dirs_exist_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+    report["load_average_at_end"] = [round(v, 2) for v in load_average()]
+    return report
+
+
+def _broker_figures(
+    options: BenchOptions,
+    report: dict[str, Any],
+    work: Path,
+    broker: Mosquitto,
+    image: Path,
+    kinds: Sequence[RequestKind],
+    progress: Callable[[str], None],
+) -> dict[str, float]:
+    """P2 for each network; the first network's served rates per kind (for P3)."""
+    rates: dict[str, float] = {}
+    if "p2" not in options.figures:
+        return rates
+    report["p2"] = []
+    for n, network in enumerate(options.p2_networks):
+        package = build_package(work, network, 1000)
+        measured = kinds if (n == 0 and options.p2_all_kinds) else kinds[:1]
+        progress(f"P2 throughput, {network} network: {', '.join(k.name for k in measured)}")
+        figures = throughput.measure_throughput(
+            network, package, f"builder '{network}' network, 1000×1000 input", measured,
+            broker, work, image, threads=options.threads, rounds=options.p2_rounds,
+            batch=options.p2_batch,
+        )  # fmt: skip
+        report["p2"].append(figures.to_dict())
+        if n == 0:
+            rates = {name: s.per_s.median for name, s in figures.served.items()}
+            rates["bare"] = figures.bare_per_s.median
+    return rates
+
+
+def _footprint_package(options: BenchOptions, work: Path) -> tuple[Path, str]:
+    if options.model is not None:
+        return options.model, str(options.model)
+    demo = demo_package(source_tree())
+    if demo is not None:
+        return demo, "demo package (com.lfvedge.DemoModel 1.0.0)"
+    return (
+        build_package(work, "bench", 256, mask=True),
+        "builder segmentation package 256×256 (no demo package in this tree)",
+    )
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    """The report as indented JSON."""
+    path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
