@@ -88,12 +88,19 @@ def package_loader(
     threads: int | None = None,
     limits: SizeLimits = SizeLimits(),  # noqa: B008 - frozen value
     colors: Mapping[str, str] | None = None,
+    probe: bool = False,
 ) -> Loader:
-    """The real loader: read and check the package, then load it into DLR."""
+    """The real loader: read and check the package, then load it into DLR.
+
+    With `probe`, each package is first loaded and run once in a child process (probe.py), so
+    a package that crashes DLR fails to start instead of taking the agent down.
+    """
 
     def load(path: Path) -> Inspector:
         package = read_model_package(path)
-        return Inspector.load(package, device=device, threads=threads, limits=limits, colors=colors)
+        return Inspector.load(
+            package, device=device, threads=threads, limits=limits, colors=colors, probe=probe
+        )
 
     return load
 

@@ -110,6 +110,7 @@ def run_agent(args: argparse.Namespace) -> int:
         threads=args.threads or (model.threads if model is not None else None),
         colors=model.colors if model is not None else None,
         limits=limits,
+        probe=model.probe if model is not None else False,
     )
     server = AgentServer.from_config(agent, loader=loader, limits=limits)
     stop = threading.Event()

@@ -243,6 +243,7 @@ class GreengrassComponent:
             colors=model.colors,
             threshold=model.threshold_override,
             limits=size_limits(limits),
+            probe=model.probe,
         )
         logger.info("model %s %s loaded from %s", package.name, package.version, model.path)
         return inspector

@@ -255,6 +255,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_side=config.limits.max_image_side,
             max_encoded_bytes=config.limits.max_payload_bytes,
         ),
+        probe=config.model.probe,
     )
     identity = environment_identity(environ)
     transport = MqttTransport.from_config(
