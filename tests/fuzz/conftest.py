@@ -40,3 +40,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for name, count in sorted(CASES.items()):
             terminalreporter.write_line(f"{name:<40} {count:>8,}")
         terminalreporter.write_line(f"{'total':<40} {sum(CASES.values()):>8,}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The suite's 120 s per-test backstop is for one test; 10,000 round trips through a
+    # service take longer than that on a loaded 2-core machine.
+    if settings().max_examples < 10_000:
+        return
+    for item in items:
+        if "tests/fuzz/" in item.nodeid:
+            item.add_marker(pytest.mark.timeout(1800))
