@@ -214,12 +214,22 @@ def test_every_bad_input_gets_its_code_and_the_service_keeps_serving(
     assert sum(errors.values()) == len(cases), "each error is counted by code"
 
 
-@pytest.mark.parametrize("policy", [OverflowPolicy.REJECT, OverflowPolicy.DROP_OLDEST])
+@pytest.mark.parametrize(
+    ("policy", "refused"),
+    [
+        (OverflowPolicy.REJECT, {f"q{i}" for i in range(4, 11)}),
+        (OverflowPolicy.DROP_OLDEST, {f"q{i}" for i in range(3, 10)}),
+    ],
+)
 def test_a_full_queue_answers_busy_by_its_named_policy(
-    loaded: Inspector, runner: GatedRunner, transport: MemoryTransport, policy: OverflowPolicy
+    loaded: Inspector,
+    runner: GatedRunner,
+    transport: MemoryTransport,
+    policy: OverflowPolicy,
+    refused: set[str],
 ) -> None:
-    # given a queue of 1 and a model held still: at most 4 requests fit in the pipeline
-    # (1 in the model, 1 prepared, 1 being prepared, 1 queued)
+    # given a queue of 1 and a pipeline filled deterministically: q0 in the (held) model,
+    # q1 prepared and waiting for it, q2 held by the prepare stage (it cannot hand q2 on)
     svc = _service(
         loaded, runner, transport, settings=ServiceSettings(overflow=policy), queue_size=1
     )
@@ -228,21 +238,21 @@ def test_a_full_queue_answers_busy_by_its_named_policy(
         runner.gate.clear()
         transport.deliver(_request("q0"))
         assert runner.entered.acquire(timeout=10), "q0 reached the model"
-        # when ten more arrive at once
-        for i in range(1, 11):
+        for request_id in ("q1", "q2"):
+            transport.deliver(_request(request_id))
+            _wait_until(lambda: svc.queue_depth() == 0)  # the prepare stage took it
+        # when q3 fills the queue and eight more arrive
+        for i in range(3, 11):
             transport.deliver(_request(f"q{i}"))
+        busy_early = {json.loads(p.payload)["RequestId"] for p in transport.wait_for(7)}
         runner.gate.set()
-        # then every request is answered exactly once, the victims with Busy
+        # then exactly the policy's victims are refused, and every request is answered once
         replies = {str(r["RequestId"]): r for r in _replies(transport, 11)}
         assert sorted(replies) == sorted(f"q{i}" for i in range(11)), "each request answered once"
         busy = {rid for rid, r in replies.items() if "Error" in r}
+        assert busy == refused, f"{policy.value}: refused {sorted(busy)}"
+        assert busy_early == refused, "refusals are answered at once, before the model is free"
         assert all(replies[rid]["Error"]["Code"] == "Busy" for rid in busy), "refusals carry Busy"
-        assert len(busy) >= 7, f"the pipeline holds at most 4: {sorted(busy)}"
-        assert "q0" not in busy, "the request in the model is never dropped"
-        if policy is OverflowPolicy.REJECT:
-            assert "q10" in busy, "reject: the newest request is refused"
-        else:
-            assert "q10" not in busy, "drop_oldest: the newest request gets in"
         assert svc.stats.snapshot()["Errors"] == {"Busy": len(busy)}, "refusals are counted"
     finally:
         runner.gate.set()
