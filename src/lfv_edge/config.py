@@ -220,6 +220,11 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# ASCII digits only: str.isdigit() also accepts "²", which int() refuses (found by fuzzing), and
+# a bounded length keeps int() under Python's 4,300-digit limit.
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,30}")
+
+
 def _int(minimum: int, maximum: int = 1 << 62) -> Callable[[object, str], int]:
     def convert(value: object, where: str) -> int:
         number: int | None = None
@@ -227,7 +232,7 @@ def _int(minimum: int, maximum: int = 1 << 62) -> Callable[[object, str], int]:
             number = value
         elif isinstance(value, float) and value.is_integer():
             number = int(value)  # Greengrass may turn "8" into 8.0
-        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        elif isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
             number = int(value)
         if number is None or not minimum <= number <= maximum:
             bound = f"between {minimum} and {maximum}" if maximum < 1 << 62 else f"≥ {minimum}"
