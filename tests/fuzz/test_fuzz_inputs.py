@@ -322,6 +322,9 @@ def test_decompression_bombs_are_refused_from_the_header(
     )
 )
 @example(raw={"model": {"path": "~user-that-does-not-exist/pkg.zip"}})  # found by fuzzing
+@example(raw={"model": {"path": "0", "threads": "²"}})  # found by fuzzing: isdigit() but not int()
+@example(raw={"model": {"path": "0", "threads": "--5"}})
+@example(raw={"model": {"path": "0", "threads": "9" * 5000}})  # past int()'s 4,300 digits
 def test_config_parsing_returns_a_config_or_a_config_error(raw: Any) -> None:
     CASES["config parsing"] += 1
     try:
