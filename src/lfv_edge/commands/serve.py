@@ -17,7 +17,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from lfv_edge.commands import Subparsers
 from lfv_edge.config import (
@@ -28,6 +28,11 @@ from lfv_edge.config import (
     read_config_mapping,
 )
 from lfv_edge.errors import ConfigError, TransportError
+
+if TYPE_CHECKING:  # imported for real inside the functions, so `--help` stays instant
+    from lfv_edge.agent.server import AgentServer
+    from lfv_edge.imaging import SizeLimits
+    from lfv_edge.transports.mqtt import MqttTransport
 
 logger = logging.getLogger(__name__)
 
@@ -276,6 +281,7 @@ def run_serve(args: argparse.Namespace) -> int:
         queue_size=config.queue.size,
         stats_interval_s=config.stats_interval_s,
     )
+    agent = _agent_beside(config, transport, limits=inspector.limits, threads=threads)
     logger.info(
         "serve model=%s version=%s threads=%d queue=%d overflow=%s broker=%s requests=%s",
         package.name,
@@ -306,7 +312,11 @@ def run_serve(args: argparse.Namespace) -> int:
             stop.set()
 
         threading.Thread(target=watch, name="lfv-serve-watch", daemon=True).start()
+        if agent is not None:
+            agent.start()
         stop.wait()
+        if agent is not None:
+            agent.stop(grace_s=args.stop_timeout)
         drained = service.stop(args.stop_timeout)
     finally:
         for sig, handler in previous.items():
@@ -319,6 +329,37 @@ def run_serve(args: argparse.Namespace) -> int:
             f"lfv-edge serve: requests still in flight after --stop-timeout {args.stop_timeout:g} s",
         )
     _exit_now(0)
+
+
+def _agent_beside(
+    config: ServiceConfig, transport: MqttTransport, *, limits: SizeLimits, threads: int
+) -> AgentServer | None:
+    """The Edge Agent gRPC socket in this process, when the config has an `agent` section.
+
+    With `agent.publishResults`, each gRPC verdict is also published on the results topic.
+    """
+    if config.agent is None:
+        return None
+    from lfv_edge.agent.registry import package_loader
+    from lfv_edge.agent.server import AgentServer, verdict_publisher
+
+    assert config.model is not None  # noqa: S101 - build_config checked
+    assert config.mqtt is not None  # noqa: S101 - build_config checked
+    on_verdict = (
+        verdict_publisher(transport, config.mqtt.results_topic)
+        if config.agent.publish_results
+        else None
+    )
+    loader = package_loader(
+        device=config.model.device,
+        threads=threads,
+        limits=limits,
+        colors=config.model.colors,
+        probe=config.model.probe,
+    )
+    return AgentServer.from_config(
+        config.agent, loader=loader, limits=limits, on_verdict=on_verdict
+    )
 
 
 def _exit_now(code: int, message: str | None = None) -> NoReturn:
