@@ -38,6 +38,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _BAND_BYTES = 128 << 10
 
 
+def set_opencv_threads(count: int) -> None:
+    """Threads OpenCV may use for one resize (process-wide; `cv2.setNumThreads`)."""
+    cv2.setNumThreads(max(1, count))
+
+
 class Preprocessor:
     """Builds input tensors for one stage; keeps its resize buffer between calls.
 

@@ -226,6 +226,20 @@ def default_threads() -> int:
     return max(1, (cpus or 1) - 1)
 
 
+def opencv_threads(tvm_threads: int) -> int:
+    """OpenCV threads for `serve`: the CPUs TVM does not use (at least one).
+
+    The resize runs on the pre-processing thread while the model runs on TVM's; OpenCV's
+    default (every CPU) adds a thread that preempts the model. Measured on 2 shared cores,
+    reference model, 1080p JPEGs, interleaved with a bare model loop (3 runs of 8–12 rounds):
+    served/bare 0.61/0.71/0.61 with one OpenCV thread against 0.61/0.68/0.53 with two, at the
+    same CPU per request (docs/performance.md). A single resize is slower (about 13 against
+    7 ms on an idle machine), which only the 1080p latency sees.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) - tvm_threads)
+
+
 def _env_threads(environ: Mapping[str, str]) -> int | None:
     value = environ.get("TVM_NUM_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else None
@@ -237,6 +251,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from lfv_edge.messages import environment_identity
     from lfv_edge.package import read_model_package
     from lfv_edge.pipeline import Inspector
+    from lfv_edge.preprocess import set_opencv_threads
     from lfv_edge.service import Service, ServiceSettings
     from lfv_edge.transports.mqtt import MqttTransport
 
@@ -249,6 +264,8 @@ def run_serve(args: argparse.Namespace) -> int:
     assert config.mqtt is not None  # noqa: S101 - build_config checked
     package = read_model_package(config.model.path)
     threads = config.model.threads or _env_threads(environ) or default_threads()
+    if "OPENCV_FOR_THREADS_NUM" not in environ:  # OpenCV's own variable wins, as TVM's does
+        set_opencv_threads(opencv_threads(threads))
     inspector = Inspector.load(
         package,
         device=config.model.device,
