@@ -53,7 +53,9 @@ class BenchOptions:
     p2_rounds: int = 20
     p2_batch: int = 24
     p2_all_kinds: bool = True  # model-size kinds too (first network only)
+    p3_kinds: tuple[str, ...] = ("jpeg1080", "jpeg1000", "frame1000")
     p3_requests: int = 200
+    p3_probe_rounds: int = 3
     p4_requests: int = 10_000
     p4_warmup: int = 200
     p4_burst: int = 10_000
@@ -73,7 +75,9 @@ class BenchOptions:
             "p2_rounds": 2,
             "p2_batch": 6,
             "p2_all_kinds": False,
+            "p3_kinds": ("frame1000",),
             "p3_requests": 4,
+            "p3_probe_rounds": 1,
             "p4_requests": 20,
             "p4_warmup": 4,
             "p4_burst": 40,
@@ -129,22 +133,20 @@ def run_bench(
         if needs_broker:
             broker = Mosquitto(work)
             jpeg1080, jpeg1000, frame1000, image = _kinds(work)
-            served_rates = _broker_figures(
+            _broker_figures(
                 options, report, work, broker, image, (jpeg1080, jpeg1000, frame1000), progress
             )
             if "p3" in options.figures:
                 primary = build_package(work, options.p2_networks[0], 1000)
                 report["p3"] = []
-                for kind in (jpeg1080, jpeg1000, frame1000) if options.p2_all_kinds else (
-                    jpeg1080, frame1000):  # fmt: skip
-                    rate = served_rates.get(kind.name)
-                    if rate is None:  # P2 skipped or this kind not measured: bound by the model
-                        rate = served_rates.get("bare", 10.0)
-                    progress(f"P3 added latency, {kind.name} at {rate / 2:.1f}/s")
+                every = {kind.name: kind for kind in (jpeg1080, jpeg1000, frame1000)}
+                for kind in (every[name] for name in options.p3_kinds):
+                    progress(f"P3 added latency, {kind.name}")
                     report["p3"].append(
                         throughput.measure_latency(
-                            primary, kind, rate / 2, broker, work,
-                            threads=options.threads, requests=options.p3_requests,
+                            primary, kind, broker, work, threads=options.threads,
+                            requests=options.p3_requests, probe_batch=options.p2_batch,
+                            probe_rounds=options.p3_probe_rounds,
                         ).to_dict()
                     )  # fmt: skip
             if {"p4", "p5"} & set(options.figures):
@@ -180,11 +182,10 @@ def _broker_figures(
     image: Path,
     kinds: Sequence[RequestKind],
     progress: Callable[[str], None],
-) -> dict[str, float]:
-    """P2 for each network; the first network's served rates per kind (for P3)."""
-    rates: dict[str, float] = {}
+) -> None:
+    """P2 for each network (all request kinds for the first, the 1080p JPEG for the others)."""
     if "p2" not in options.figures:
-        return rates
+        return
     report["p2"] = []
     for n, network in enumerate(options.p2_networks):
         package = build_package(work, network, 1000)
@@ -196,10 +197,6 @@ def _broker_figures(
             batch=options.p2_batch,
         )  # fmt: skip
         report["p2"].append(figures.to_dict())
-        if n == 0:
-            rates = {name: s.per_s.median for name, s in figures.served.items()}
-            rates["bare"] = figures.bare_per_s.median
-    return rates
 
 
 def _footprint_package(options: BenchOptions, work: Path) -> tuple[Path, str]:

@@ -6,14 +6,16 @@ benchmark's mosquitto, interleaved round by round (bare, served kind 1, served k
 The served rate is the steady-state reply rate with `WINDOW` requests in flight (pipeline
 fill excluded). Ratio = served / bare per round, median over rounds.
 
-P3, per request kind: a fresh `serve` (so its stats window holds only these requests)
-receives requests paced at half the P2 served rate of that kind; the figure is the service's
-own `AddedLatencyMs` (received → reply published, minus the model's run time), p50/p99.
+P3, per request kind: the maximum served rate is measured again just before, then a fresh
+`serve` (so its stats window holds only these requests) receives requests paced at half of
+it; the figure is the service's own `AddedLatencyMs` (received → reply published, minus the
+model's run time), p50/p99.
 """
 
 from __future__ import annotations
 
 import itertools
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -269,14 +271,27 @@ class LatencyFigures:
 def measure_latency(
     package: Path,
     kind: RequestKind,
-    rate_per_s: float,
     broker: Mosquitto,
     folder: Path,
     *,
     threads: int,
     requests: int,
+    probe_batch: int,
+    probe_rounds: int = 3,
 ) -> LatencyFigures:
-    """P3: a fresh serve, `requests` paced at `rate_per_s` after 3 warm-up requests."""
+    """P3: the maximum rate measured just before, then a fresh serve paced at half of it.
+
+    Measuring the maximum right before (rather than taking P2's) keeps the pace at half of
+    what the machine allows now: on a shared machine the background load moves in minutes,
+    and a pace above the current maximum would measure a growing queue instead.
+    """
+    probe = start_endpoint(package, broker, f"p3-{kind.name}-max", folder, threads=threads)
+    try:
+        probe.rate(max(probe_batch // 2, WINDOW + 2), kind)  # warm-up
+        maximum = statistics.median(probe.rate(probe_batch, kind)[0] for _ in range(probe_rounds))
+    finally:
+        probe.close()
+    rate_per_s = maximum / 2
     endpoint = start_endpoint(
         package, broker, f"p3-{kind.name}", folder, threads=threads, stats_interval_s=1.0
     )
