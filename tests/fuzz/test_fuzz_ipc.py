@@ -128,12 +128,13 @@ def test_every_ipc_request_gets_one_reply_on_its_channel(
     nucleus = component.nucleus
     component.sent += 1
     request_id = f"ipc-{next(_cases)}" if with_id else None
+    certain = True
     # given a generated request, sometimes as a JSON message, sometimes with big metadata
     message: bytes | dict[str, Any] = payload
     if as_json is not None and channel == "local":
         message = {**as_json, **({"RequestId": request_id} if request_id else {})}
     elif request_id is not None:
-        message = with_request_id(payload, request_id)
+        message, certain = with_request_id(payload, request_id)
     if metadata is not None and isinstance(message, bytes) and request_id is not None:
         message = message.replace(b"{", b'{"Metadata": %s, ' % _json(metadata), 1)
     # when it arrives on its channel
@@ -151,7 +152,8 @@ def test_every_ipc_request_gets_one_reply_on_its_channel(
     body: Any = strict_json(reply)
     assert isinstance(body, dict), "a JSON object"
     if request_id is not None and isinstance(message, bytes) and len(message) <= 1 << 20:
-        assert body["RequestId"] == request_id, f"the RequestId is echoed: {str(body)[:300]}"
+        expected = {request_id} if certain else {request_id, None}
+        assert body["RequestId"] in expected, f"the RequestId is echoed: {str(body)[:300]}"
     if "Error" in body:
         assert body["Error"]["Code"] in ERROR_CODES, f"a documented code: {body}"
     else:
@@ -163,6 +165,8 @@ def _json(value: object) -> bytes:
 
 
 def test_the_fuzzed_component_answered_everything(component: Component) -> None:
+    # runs after the property (file order); stopping drains, so the counts are final
+    assert component.service.stop(WAIT_S), "the service drained and stopped"
     stats = component.service.stats.snapshot()
     assert stats["Received"] == stats["Answered"], f"every request answered: {stats}"
     assert stats["PublishFailures"] == 0, f"no reply was refused by the nucleus: {stats}"

@@ -147,6 +147,13 @@ response_suffixes = st.text(
 @example(payload=DEEP_REQUEST, with_id=False, qos=1, response=None, correlation=b"")
 @example(payload=NAN_REQUEST, with_id=False, qos=1, response="nan", correlation=b"")
 @example(payload=b"", with_id=False, qos=1, response=None, correlation=b"")  # empty MQTT payload
+@example(  # found by fuzzing (a test bug): too deep for the test's stack, not the service's
+    payload=b'{"Metadata": ' + b"[" * 950 + b"]" * 950 + b', "RequestId": ""}',
+    with_id=True,
+    qos=1,
+    response=None,
+    correlation=b"",
+)
 @settings(max_examples=EXAMPLES)
 def test_every_mqtt_request_gets_one_reply_on_its_route(
     line: Line,
@@ -160,8 +167,9 @@ def test_every_mqtt_request_gets_one_reply_on_its_route(
     # given a generated request, made unique by its correlation data
     case = next(_cases)
     request_id = f"mqtt-{case}" if with_id else None
+    certain = True
     if request_id is not None:
-        payload = with_request_id(payload, request_id)
+        payload, certain = with_request_id(payload, request_id)
     correlation = f"{case}:".encode() + correlation
     response_topic = f"{line.responses}/{response}" if response is not None else None
     # when the camera publishes it
@@ -180,7 +188,8 @@ def test_every_mqtt_request_gets_one_reply_on_its_route(
     body: Any = strict_json(reply.payload)
     assert isinstance(body, dict), "a JSON object"
     if request_id is not None and len(payload) <= MAX_PAYLOAD:
-        assert body["RequestId"] == request_id, f"the RequestId is echoed: {body}"
+        expected = {request_id} if certain else {request_id, None}
+        assert body["RequestId"] in expected, f"the RequestId is echoed: {str(body)[:300]}"
     if "Error" in body:
         assert body["Error"]["Code"] in ERROR_CODES, f"a documented code: {body}"
     else:
@@ -188,7 +197,8 @@ def test_every_mqtt_request_gets_one_reply_on_its_route(
 
 
 def test_the_fuzzed_service_answered_everything_and_is_still_healthy(line: Line) -> None:
-    # runs after the property (file order): nothing is left unanswered or unacknowledged
+    # runs after the property (file order); stopping drains, so the counts are final
+    assert line.service.stop(WAIT_S), "the service drained and stopped"
     stats = line.service.stats.snapshot()
     assert stats["Received"] == stats["Answered"], f"every received request answered: {stats}"
     assert line.service.fatal_reason is None, "no fatal transport error"

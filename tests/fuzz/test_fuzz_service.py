@@ -48,18 +48,25 @@ def served(make_package: PackageFactory) -> Iterator[tuple[Service, MemoryTransp
     assert not duplicates, f"requests answered more than once: {duplicates}"
 
 
-def with_request_id(payload: bytes, request_id: str) -> bytes:
-    """`payload` made into a JSON object request carrying `request_id` (as its first key)."""
+def with_request_id(payload: bytes, request_id: str) -> tuple[bytes, bool]:
+    """`payload` made into a JSON object request carrying `request_id` as its first key.
+
+    The flag says whether the reply must carry the id: not for a payload too deep for this
+    thread's json.loads. Whether the service's json.loads (on a shallower stack) parses it,
+    finds a syntax error further on, or gives up on its depth is not knowable here; its reply
+    may then carry no id, but never another one (other RequestId keys are renamed).
+    """
     try:
         body: Any = json.loads(payload)
-    except RecursionError:  # too deep to load: keep it as it is, with the id in front
-        return b'{"RequestId": "' + request_id.encode() + b'", ' + payload.lstrip()[1:]
+    except RecursionError:  # found by fuzzing: "deep, RequestId: ''" parsed in the service
+        rest = payload.lstrip()[1:].replace(b'"RequestId"', b'"RequestIx"')
+        return b'{"RequestId": "' + request_id.encode() + b'", ' + rest, False
     except ValueError:
         body = None
     if not isinstance(body, dict):
         body = {"Body": payload.decode("latin-1")}
     body.pop("RequestId", None)
-    return json.dumps({"RequestId": request_id, **body}).encode()
+    return json.dumps({"RequestId": request_id, **body}).encode(), True
 
 
 @given(payload=requests())
@@ -72,11 +79,13 @@ def test_every_request_with_an_id_gets_exactly_one_reply(
     _, transport = served
     request_id = f"fuzz-{next(_ids)}"
     before = len(transport.published)
-    transport.deliver(with_request_id(payload, request_id))
+    request, certain = with_request_id(payload, request_id)
+    transport.deliver(request)
     replies = [strict_json(p.payload) for p in transport.wait_for(before + 1, timeout_s=30)]
-    mine = [r for r in replies if r.get("RequestId") == request_id]
-    assert len(mine) == 1, f"exactly one reply for {request_id}: {mine}"
-    reply = mine[0]
+    assert len(replies) == before + 1, "one reply per request"
+    reply = replies[before]
+    expected = {request_id} if certain else {request_id, None}
+    assert reply.get("RequestId") in expected, f"the reply carries {request_id}: {reply}"
     if "Error" in reply:
         assert reply["Error"]["Code"] in ERROR_CODES, f"documented code: {reply}"
     else:
