@@ -174,8 +174,10 @@ class Service:
                 transport.close(max(deadline - time.monotonic(), 1.0))
             except LfvEdgeError as exc:
                 logger.warning("%s: close failed: %s", transport.name, exc)
-        self._stopped.set()
+        # Logged before `_stopped` is set: a waiter (serve's main thread) prints its own last
+        # line as soon as it is, and must not be followed by this one.
         logger.info("stopped; %s", self.stats.snapshot(QueueDepth=self._inbox.qsize()))
+        self._stopped.set()
         return drained
 
     def wait(self, timeout_s: float | None = None) -> bool:
