@@ -73,7 +73,7 @@ class BenchOptions:
             "p1_warmup": 1,
             "p2_networks": ("bench",),
             "p2_rounds": 2,
-            "p2_batch": 6,
+            "p2_batch": 8,
             "p2_all_kinds": False,
             "p3_kinds": ("frame1000",),
             "p3_requests": 4,

@@ -70,7 +70,8 @@ class ServedEndpoint:
             self.serve.fail(f"answered {len(errors)} of {len(ids)} {kind.name} with {errors[0]}")
         cpu_ms = (self.serve.cpu_s() - cpu) * 1000.0 / len(ids)
         times = sorted(replies[i].arrived for i in ids)
-        skip = min(WINDOW, len(times) - 2)  # the first replies include filling the pipeline
+        # The first replies include filling the pipeline; keep at least two thirds of them.
+        skip = min(WINDOW, max(len(times) // 3, 1))
         return (len(times) - skip - 1) / (times[-1] - times[skip]), cpu_ms
 
     def paced(self, count: int, rate_per_s: float, kind: RequestKind) -> list[float]:
@@ -288,7 +289,8 @@ def measure_latency(
     probe = start_endpoint(package, broker, f"p3-{kind.name}-max", folder, threads=threads)
     try:
         probe.rate(max(probe_batch // 2, WINDOW + 2), kind)  # warm-up
-        maximum = statistics.median(probe.rate(probe_batch, kind)[0] for _ in range(probe_rounds))
+        batch = max(probe_batch, 4 * WINDOW)  # enough replies for a steady-state rate
+        maximum = statistics.median(probe.rate(batch, kind)[0] for _ in range(probe_rounds))
     finally:
         probe.close()
     rate_per_s = maximum / 2
