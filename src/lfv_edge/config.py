@@ -26,7 +26,8 @@ Example (all keys; only `model.path` and one transport are required):
               "statsTopic": "lfv/{thingName}/stats", "clientId": "lfv-edge-1", "qos": 1,
               "caFile": "ca.pem", "certFile": "cert.pem", "keyFile": "key.pem",
               "username": null, "passwordFile": null, "keepaliveS": 30, "sharedGroup": null,
-              "sessionExpiryS": 3600, "spoolDir": "/var/lib/lfv-edge/spool", "spoolMaxBytes": 67108864},
+              "sessionExpiryS": 3600, "spoolDir": "/var/lib/lfv-edge/spool", "spoolMaxBytes": 67108864,
+              "receiveMaximum": 64},
      "ipc": {"localRequestsTopic": "lfv/requests", "localResultsTopic": "lfv/results",
              "iotCoreRequestsTopic": "lfv/{thingName}/requests",
              "iotCoreResultsTopic": "lfv/{thingName}/results", "statsTopic": "lfv/stats",
@@ -122,6 +123,10 @@ class MqttConfig:
     session_expiry_s: int = 3600
     spool_dir: Path | None = None
     spool_max_bytes: int = 64 << 20
+    # MQTT 5 Receive Maximum: unacknowledged requests the broker may push to us at once. It
+    # bounds our memory under a burst (each holds its payload until its reply is out); the
+    # rest waits in the broker's session queue (mosquitto: max_queued_messages).
+    receive_maximum: int = 64
 
     @property
     def tls(self) -> bool:
@@ -396,7 +401,7 @@ def _mqtt(environ: Mapping[str, str]) -> Callable[[object, str], MqttConfig]:
             (
                 "broker", "requestsTopic", "resultsTopic", "statusTopic", "statsTopic", "clientId",
                 "qos", "caFile", "certFile", "keyFile", "username", "passwordFile", "keepaliveS",
-                "sharedGroup", "sessionExpiryS", "spoolDir", "spoolMaxBytes",
+                "sharedGroup", "sessionExpiryS", "spoolDir", "spoolMaxBytes", "receiveMaximum",
             )
         )  # fmt: skip
         broker = section.require("broker", _text)
@@ -438,6 +443,7 @@ def _mqtt(environ: Mapping[str, str]) -> Callable[[object, str], MqttConfig]:
             session_expiry_s=section.get("sessionExpiryS", _int(0, 2**32 - 1), 3600),
             spool_dir=section.get("spoolDir", _path, None),
             spool_max_bytes=section.get("spoolMaxBytes", _int(0), 64 << 20),
+            receive_maximum=section.get("receiveMaximum", _int(1, 65535), 64),
         )
         if not config.tls and (cert or config.ca_file):
             raise ConfigError(f"{section.where('broker')}: caFile/certFile need an mqtts:// broker")

@@ -93,6 +93,11 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
     mqtt.add_argument("--password-file", metavar="FILE", help="first line is the password")
     mqtt.add_argument("--spool-dir", metavar="DIR", help="keep unsent replies on disk here")
     mqtt.add_argument("--spool-max-bytes", type=int, help="spool bound (default 64 MiB)")
+    mqtt.add_argument(
+        "--receive-maximum",
+        type=int,
+        help="requests the broker may push before we answer them (MQTT 5 Receive Maximum, default 64)",
+    )
     run = parser.add_argument_group("process")
     run.add_argument(
         "--stop-timeout",
@@ -125,6 +130,7 @@ _FLAGS = {
     "mqtt.certFile": "--cert-file", "mqtt.keyFile": "--key-file", "mqtt.username": "--username",
     "mqtt.passwordFile": "--password-file", "mqtt.spoolDir": "--spool-dir",
     "mqtt.spoolMaxBytes": "--spool-max-bytes",
+    "mqtt.receiveMaximum": "--receive-maximum",
 }  # fmt: skip
 
 
@@ -175,6 +181,7 @@ def raw_from_flags(args: argparse.Namespace) -> dict[str, object]:
         ("passwordFile", _path(args.password_file)),
         ("spoolDir", _path(args.spool_dir)),
         ("spoolMaxBytes", args.spool_max_bytes),
+        ("receiveMaximum", args.receive_maximum),
     ):
         put("mqtt", key, value)
     return raw

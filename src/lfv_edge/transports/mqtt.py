@@ -232,6 +232,7 @@ class MqttTransport:
         self._ignored_log = RateLimitedLog(10.0)
         self.dropped_replies = 0
         client.on_connect = self._on_connect
+        client.on_socket_open = _no_delay
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -295,6 +296,7 @@ class MqttTransport:
             self._receiving = True
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self.config.session_expiry_s
+        properties.ReceiveMaximum = self.config.receive_maximum
         cfg = self.config
         try:
             self._client.connect(
@@ -809,3 +811,13 @@ class MqttTransport:
             body["Reason"] = reason
         body.update(self._status_fields)
         return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _no_delay(client: paho.Client, userdata: object, sock: object) -> None:
+    """Turn Nagle's algorithm off: with it, each request/reply round trip waits ~40 ms for
+    delayed ACKs (measured: ~40 ms → ~2 ms per sequential round trip on loopback)."""
+    if isinstance(sock, socket.socket):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:  # not TCP (a Unix socket proxy): nothing to tune
+            logger.debug("TCP_NODELAY not set: %s", exc)
