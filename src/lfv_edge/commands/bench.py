@@ -74,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
     from lfv_edge.bench import BenchOptions, run_bench
     from lfv_edge.bench.report import format_table
     from lfv_edge.bench.suite import write_report
-    from lfv_edge.commands.serve import default_threads
     from lfv_edge.errors import ConfigError
+    from lfv_edge.pipeline import serving_tvm_threads
 
-    threads = args.threads or default_threads()
+    threads = serving_tvm_threads(args.threads)
     options = BenchOptions.quick(threads) if args.quick else BenchOptions(threads=threads)
     options = replace(options, figures=_figures(args.only), model=args.model, keep=args.keep)
     if args.networks:

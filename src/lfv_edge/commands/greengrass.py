@@ -233,13 +233,13 @@ class GreengrassComponent:
 
     def _load(self, model: ModelConfig, limits: LimitsConfig) -> Inspector:
         from lfv_edge.package import read_model_package
-        from lfv_edge.pipeline import Inspector
+        from lfv_edge.pipeline import Inspector, serving_threads
 
         package = read_model_package(model.path)
         inspector = Inspector.load(
             package,
             device=model.device,
-            threads=model.threads,
+            threads=serving_threads(model.threads, self._environ),
             colors=model.colors,
             threshold=model.threshold_override,
             limits=size_limits(limits),

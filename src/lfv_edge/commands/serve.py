@@ -221,44 +221,12 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Servic
     return config
 
 
-def default_threads() -> int:
-    """TVM workers for `serve`: leave one CPU to decoding and pre-processing of the next image.
-
-    Measured on 2 shared cores with the 1000×1000 bench model and 1080p JPEGs (docs/mqtt.md):
-    a second TVM thread did not make the model faster, cost ~10 ms more CPU per request and
-    raised the median reply latency by a third, because it competes with the pre-processing
-    thread that overlaps inference.
-    """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cpus or 1) - 1)
-
-
-def opencv_threads(tvm_threads: int) -> int:
-    """OpenCV threads for `serve`: the CPUs TVM does not use (at least one).
-
-    The resize runs on the pre-processing thread while the model runs on TVM's; OpenCV's
-    default (every CPU) adds a thread that preempts the model. Measured on 2 shared cores,
-    reference model, 1080p JPEGs, interleaved with a bare model loop (3 runs of 8–12 rounds):
-    served/bare 0.61/0.71/0.61 with one OpenCV thread against 0.61/0.68/0.53 with two, at the
-    same CPU per request (docs/performance.md). A single resize is slower (about 13 against
-    7 ms on an idle machine), which only the 1080p latency sees.
-    """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cpus or 1) - tvm_threads)
-
-
-def _env_threads(environ: Mapping[str, str]) -> int | None:
-    value = environ.get("TVM_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
-
-
 def run_serve(args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or a fatal transport error (TransportError, exit 1)."""
     from lfv_edge.imaging import SizeLimits
     from lfv_edge.messages import environment_identity
     from lfv_edge.package import read_model_package
-    from lfv_edge.pipeline import Inspector
-    from lfv_edge.preprocess import set_opencv_threads
+    from lfv_edge.pipeline import Inspector, serving_threads
     from lfv_edge.service import Service, ServiceSettings
     from lfv_edge.transports.mqtt import MqttTransport
 
@@ -270,9 +238,7 @@ def run_serve(args: argparse.Namespace) -> int:
     assert config.model is not None  # noqa: S101 - build_config checked
     assert config.mqtt is not None  # noqa: S101 - build_config checked
     package = read_model_package(config.model.path)
-    threads = config.model.threads or _env_threads(environ) or default_threads()
-    if "OPENCV_FOR_THREADS_NUM" not in environ:  # OpenCV's own variable wins, as TVM's does
-        set_opencv_threads(opencv_threads(threads))
+    threads = serving_threads(config.model.threads, environ)
     inspector = Inspector.load(
         package,
         device=config.model.device,
