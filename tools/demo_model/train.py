@@ -1,6 +1,6 @@
 """Train the demo model on the synthetic line and write its folded weights (torch, CPU).
 
-    PYTHONPATH=src /work/train-venv/bin/python tools/demo_model/train.py
+    PYTHONPATH=src .train-venv/bin/python tools/demo_model/train.py
 
 Writes tools/demo_model/weights.npz (BatchNorm folded into conv+bias, float32, the exact
 tensors the package carries) and tools/demo_model/model.json (threshold chosen on the
