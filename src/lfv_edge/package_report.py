@@ -130,7 +130,7 @@ def format_description(info: Mapping[str, Any]) -> str:
     lines = [
         f"Package     {pkg['Name']} ({pkg['Version']})",
         f"Source      {pkg['Source']}",
-        f"Graph       {info['Graph']}",
+        f"Graph       {info['Graph']['Type']}, stage {info['Graph']['Stage']}",
         f"Input       {inp['Width']}×{inp['Height']} RGB, {inp['Interpolation']} resize, "
         f"/255 {_yes(inp['ImageRangeScale'])}, ImageNet normalise {_yes(inp['Normalize'])}",
         f"Threshold   {threshold} (anomalous when round(score, 4) ≥ {round(threshold, 4)})",
@@ -155,7 +155,8 @@ def format_description(info: Mapping[str, Any]) -> str:
     for request in ("auto", "cpu", "gpu"):
         entry = dev[request]
         verdict = f"→ {entry['device']}" if entry["possible"] else "not possible"
-        lines.append(f"Device {request:<4} {verdict}: {entry['reason']}")
+        reason = str(entry["reason"]).removeprefix("auto: ")
+        lines.append(f"Device {request:<4} {verdict}: {reason}")
     files = info["Files"]
     lines.append("Files       " + ", ".join(f"{f['Name']} ({f['Bytes']:,} B)" for f in files))
     if info["UnusedManifestKeys"]:
