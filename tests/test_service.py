@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 import pytest
-from numpy.typing import NDArray
 
 from lfv_edge.config import OverflowPolicy
 from lfv_edge.errors import InferenceError
@@ -24,30 +22,11 @@ from lfv_edge.modelbuild.networks import red_mean_for_probability
 from lfv_edge.modelbuild.package import PackageSpec
 from lfv_edge.package import read_model_package
 from lfv_edge.pipeline import Inspector
-from lfv_edge.runner import Runner
 from lfv_edge.service import Service, ServiceSettings
 from lfv_edge.transports.memory import MemoryTransport
 from tests.conftest import PackageFactory
+from tests.gated import GatedRunner
 from tests.imagefiles import solid_rgb, write_image
-
-
-class GatedRunner:
-    """The real runner, but each run waits for `gate` (set = free running) and can fail once."""
-
-    def __init__(self, inner: Runner) -> None:
-        self.inner = inner
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Semaphore(0)
-        self.fail_next = False
-
-    def run(self, tensor: NDArray[np.float32]) -> list[NDArray[np.float32]]:
-        self.entered.release()
-        assert self.gate.wait(30), "test gate never opened"
-        if self.fail_next:
-            self.fail_next = False
-            raise InferenceError("kernel exploded (test)")
-        return self.inner.run(tensor)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +38,7 @@ def loaded(make_package: PackageFactory) -> Inspector:
 
 @pytest.fixture
 def runner(loaded: Inspector) -> GatedRunner:
-    return GatedRunner(loaded.runner)
+    return GatedRunner(loaded.runner, open_gate=True)
 
 
 @pytest.fixture
@@ -302,7 +281,7 @@ def test_stop_drains_what_was_received_and_then_refuses(
 def test_an_inference_failure_is_answered_and_the_next_request_served(
     service: Service, runner: GatedRunner, transport: MemoryTransport
 ) -> None:
-    runner.fail_next = True
+    runner.fail_with = InferenceError("kernel exploded (test)")
     transport.deliver(_request("boom"))
     transport.deliver(_request("after"))
     failed, after = _replies(transport, 2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from numpy.typing import NDArray
 
 from lfv_edge.agent import edge_agent_pb2_grpc as pb2_grpc
 from lfv_edge.agent.registry import Loader, ModelRegistry, ModelStatus, package_loader
@@ -20,8 +18,8 @@ from lfv_edge.agent.server import AgentServer, OnVerdict
 from lfv_edge.modelbuild.networks import red_mean_for_probability
 from lfv_edge.modelbuild.package import PackageSpec
 from lfv_edge.pipeline import Inspector
-from lfv_edge.runner import Runner
 from tests.conftest import PackageFactory
+from tests.gated import GatedRunner
 from tests.imagefiles import solid_rgb
 
 CLASSIFIER = PackageSpec()  # 64×64, P(anomaly) follows the mean red
@@ -120,26 +118,6 @@ def agent(socket_dir: Path) -> Iterator[AgentFactory]:
     factory = AgentFactory(socket_dir)
     yield factory
     factory.close()
-
-
-class GatedRunner:
-    """A real runner behind a gate: each run announces itself and waits (a seam at the Runner port)."""
-
-    def __init__(self, inner: Runner) -> None:
-        self.inner = inner
-        self.entered = threading.Semaphore(0)  # released once per run that reached the gate
-        self.gate = threading.Event()
-        self.fail_with: BaseException | None = None  # raised instead of running, once
-
-    def run(self, tensor: NDArray[np.float32]) -> list[NDArray[np.float32]]:
-        self.entered.release()
-        if not self.gate.wait(WAIT_S):
-            msg = "the test never opened the gate"
-            raise TimeoutError(msg)
-        if self.fail_with is not None:
-            error, self.fail_with = self.fail_with, None
-            raise error
-        return self.inner.run(tensor)
 
 
 class GatedLoader:

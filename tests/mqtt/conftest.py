@@ -33,10 +33,10 @@ from lfv_edge.modelbuild.networks import red_mean_for_probability
 from lfv_edge.modelbuild.package import PackageSpec
 from lfv_edge.package import read_model_package
 from lfv_edge.pipeline import ImageSource, Inspector, Prepared
-from lfv_edge.runner import Runner
 from lfv_edge.service import Service, ServiceSettings
 from lfv_edge.transports.mqtt import MqttTransport
 from tests.conftest import PackageFactory
+from tests.gated import GatedRunner
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 WAIT_S = 20.0  # generous bound for any single event; tests never sleep
@@ -443,20 +443,6 @@ def request_ids(messages: list[Received]) -> list[Any]:
 
 
 # --- services --------------------------------------------------------------------------
-
-
-class GatedRunner:
-    """Wraps the real runner: each run waits for `gate`, so a test can hold the model busy."""
-
-    def __init__(self, inner: Runner) -> None:
-        self.inner = inner
-        self.gate = threading.Event()
-        self.entered = threading.Semaphore(0)
-
-    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
-        self.entered.release()
-        self.gate.wait(WAIT_S * 3)
-        return self.inner.run(tensor)
 
 
 class ObservedInspector(Inspector):
