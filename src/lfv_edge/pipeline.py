@@ -24,7 +24,7 @@ from lfv_edge.package import ModelPackage
 from lfv_edge.postprocess import Postprocessor, Verdict
 from lfv_edge.preprocess import ChannelOrder, Preprocessor, set_opencv_threads
 from lfv_edge.probe import probe_package
-from lfv_edge.runner import DlrRunner, Runner, configure_threads
+from lfv_edge.runner import DlrRunner, Runner, configure_threads, usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -98,15 +98,11 @@ class Inspection:
     timings: Timings
 
 
-def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def serving_tvm_threads(configured: int | None, environ: Mapping[str, str] = os.environ) -> int:
     """The TVM worker count `serving_threads` would choose, without changing anything."""
     from_env = environ.get("TVM_NUM_THREADS", "")
     tvm = configured or (int(from_env) if from_env.isdigit() and int(from_env) > 0 else None)
-    return tvm or max(1, _usable_cpus() - 1)
+    return tvm or max(1, usable_cpus() - 1)
 
 
 def serving_threads(configured: int | None, environ: Mapping[str, str] = os.environ) -> int:
@@ -123,7 +119,7 @@ def serving_threads(configured: int | None, environ: Mapping[str, str] = os.envi
     """
     tvm = serving_tvm_threads(configured, environ)
     if "OPENCV_FOR_THREADS_NUM" not in environ:
-        set_opencv_threads(max(1, _usable_cpus() - tvm))
+        set_opencv_threads(max(1, usable_cpus() - tvm))
     return tvm
 
 

@@ -98,6 +98,13 @@ def import_dlr() -> types.ModuleType:
         return module
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; all CPUs where there is none)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def configure_threads(
     num_threads: int | None, environ: MutableMapping[str, str] = os.environ
 ) -> int:
@@ -111,7 +118,7 @@ def configure_threads(
         existing = environ.get("TVM_NUM_THREADS", "")
         if existing.isdigit() and int(existing) > 0:
             return int(existing)
-        num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        num_threads = usable_cpus()
     if num_threads < 1:
         msg = f"num_threads must be at least 1, got {num_threads}"
         raise ValueError(msg)

@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from lfv_edge.runner import usable_cpus
+
 
 @dataclass(frozen=True, slots=True)
 class Machine:
@@ -56,13 +58,6 @@ def _memory_mb(meminfo: Path = Path("/proc/meminfo")) -> int:
     return 0
 
 
-def usable_cores() -> int:
-    """CPUs this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def load_average() -> tuple[float, float, float]:
     """1, 5 and 15 minute load averages (zeros where the OS has none)."""
     try:
@@ -76,7 +71,7 @@ def describe_machine() -> Machine:
     return Machine(
         cpu_model=cpu_model(),
         cores=os.cpu_count() or 1,
-        usable_cores=usable_cores(),
+        usable_cores=usable_cpus(),
         memory_mb=_memory_mb(),
         load_average=load_average(),
         python=sys.version.split()[0],
