@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from lfv_edge import cpu_runtime
-from lfv_edge.archive import CACHE_DIR_ENV
+from lfv_edge.model import cpu_runtime
+from lfv_edge.model.archive import CACHE_DIR_ENV
+from lfv_edge.model.runner import configure_threads
 from lfv_edge.modelbuild.compile import compile_kernels
 from lfv_edge.modelbuild.package import PackageSpec, build_lfv_package
-from lfv_edge.runner import configure_threads
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 from numpy.typing import NDArray
 
-from lfv_edge.runner import Runner
+from lfv_edge.model.runner import Runner
 
 GATE_TIMEOUT_S = 60.0
 

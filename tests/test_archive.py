@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lfv_edge.archive import ZipLimits, extract_package_zip
 from lfv_edge.errors import ModelPackageError
+from lfv_edge.model.archive import ZipLimits, extract_package_zip
 
 
 def _zip(path: Path, members: dict[str, bytes], *, compression: int = zipfile.ZIP_DEFLATED) -> Path:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lfv_edge.config import (
+from lfv_edge.errors import ConfigError
+from lfv_edge.service.config import (
     AgentConfig,
     OverflowPolicy,
     merge_config,
@@ -16,7 +17,6 @@ from lfv_edge.config import (
     read_config_file,
     read_config_mapping,
 )
-from lfv_edge.errors import ConfigError
 
 THING = {"AWS_IOT_THING_NAME": "press-7"}
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lfv_edge.inspection.overlay import contact_sheet, render_overlay
+from lfv_edge.inspection.pipeline import Inspector, RawFrame
+from lfv_edge.model.package import read_model_package
 from lfv_edge.modelbuild.package import PackageSpec
-from lfv_edge.overlay import contact_sheet, render_overlay
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import Inspector, RawFrame
 from tests.conftest import PackageFactory
 from tests.imagefiles import solid_rgb
 

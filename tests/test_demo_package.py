@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from lfv_edge.cpu_runtime import require_cpu_runtime
-from lfv_edge.manifest import decode_manifest
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import Inspector, RawFrame
-from lfv_edge.preprocess import Preprocessor
-from lfv_edge.runner import DlrRunner
-from lfv_edge.synthetic_line import LABEL_NAMES, generate_sample
-from lfv_edge.tvm_graph import parse_graph
-from lfv_edge.tvm_params import decode_params
+from lfv_edge.demo.synthetic_line import LABEL_NAMES, generate_sample
+from lfv_edge.inspection.pipeline import Inspector, RawFrame
+from lfv_edge.inspection.preprocess import Preprocessor
+from lfv_edge.model.cpu_runtime import require_cpu_runtime
+from lfv_edge.model.manifest import decode_manifest
+from lfv_edge.model.package import read_model_package
+from lfv_edge.model.runner import DlrRunner
+from lfv_edge.model.tvm_graph import parse_graph
+from lfv_edge.model.tvm_params import decode_params
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools" / "demo_model"

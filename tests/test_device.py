@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from lfv_edge.cpu_runtime import LIBDLR_SHA256
-from lfv_edge.device import HostFacts, choose_device
-from lfv_edge.elf import ElfError, read_shared_object
 from lfv_edge.errors import DeviceError
+from lfv_edge.model.cpu_runtime import LIBDLR_SHA256
+from lfv_edge.model.device import HostFacts, choose_device
+from lfv_edge.model.elf import ElfError, read_shared_object
 
 DLR_API = """
 int CreateDLRModel(void){return 0;} int DeleteDLRModel(void){return 0;} int RunDLRModel(void){return 0;}

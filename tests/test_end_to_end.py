@@ -12,6 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
+from lfv_edge.inspection.pipeline import EncodedImage, ImageFile, Inspector, RawFrame
+from lfv_edge.inspection.postprocess import is_anomalous_score
+from lfv_edge.model.package import read_model_package
 from lfv_edge.modelbuild.networks import (
     controllable_probability,
     expected_pixel_classes,
@@ -19,9 +22,6 @@ from lfv_edge.modelbuild.networks import (
 )
 from lfv_edge.modelbuild.package import PackageSpec, network_for, zip_package
 from lfv_edge.modelbuild.reference import forward
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import EncodedImage, ImageFile, Inspector, RawFrame
-from lfv_edge.postprocess import is_anomalous_score
 from tests.conftest import PackageFactory
 from tests.imagefiles import solid_rgb, write_image
 from tests.test_preprocess_parity import reference as reference_preprocess

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from lfv_edge.errors import InputError
-from lfv_edge.imaging import SizeLimits, decode_image, encode_png, resize_nearest, sniff_size
+from lfv_edge.inspection.imaging import (
+    SizeLimits,
+    decode_image,
+    encode_png,
+    resize_nearest,
+    sniff_size,
+)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".webp", ".tif"])

@@ -22,15 +22,15 @@ import numpy as np
 import pytest
 
 from lfv_edge.errors import InferenceError
-from lfv_edge.imaging import encode_png
+from lfv_edge.inspection.imaging import encode_png
+from lfv_edge.inspection.pipeline import Inspector
+from lfv_edge.model.package import read_model_package
+from lfv_edge.model.runner import DlrRunner
+from lfv_edge.model.tvm_params import decode_params, encode_params
 from lfv_edge.modelbuild import compile as kernel_compile
 from lfv_edge.modelbuild.package import PackageSpec
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import Inspector
-from lfv_edge.runner import DlrRunner
-from lfv_edge.service import Service
+from lfv_edge.service.core import Service
 from lfv_edge.transports.memory import MemoryTransport
-from lfv_edge.tvm_params import decode_params, encode_params
 from tests.conftest import PackageFactory
 from tests.imagefiles import solid_rgb, write_image
 from tests.test_probe import CRASH_ON_LOAD

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from lfv_edge.errors import ModelPackageError, UnsupportedModelError
-from lfv_edge.manifest import INTER_AREA, decode_manifest, parse_manifest
+from lfv_edge.model.manifest import INTER_AREA, decode_manifest, parse_manifest
 
 # The classification manifest published in the YY-BLOG article (lfv-model-package.md §4).
 REAL_MANIFEST: dict[str, Any] = {

@@ -13,9 +13,9 @@ import json
 import numpy as np
 import pytest
 
-from lfv_edge import messages
 from lfv_edge.errors import InputError
-from lfv_edge.pipeline import EncodedImage, RawFrame
+from lfv_edge.inspection.pipeline import EncodedImage, RawFrame
+from lfv_edge.service import messages
 
 BIG = bytes(range(256)) * 600  # 150 KB: above the cut threshold once base64-encoded
 BIG_B64 = base64.b64encode(BIG).decode()

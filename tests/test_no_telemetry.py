@@ -88,7 +88,7 @@ def _after_plain_import(extra: str) -> str:
         GUARD.split("from lfv_edge.cli")[0]  # the socket guard only
         + "import dlr  # a plain import, as another library in the process might do\n"
         + extra
-        + "from lfv_edge.runner import import_dlr\n"
+        + "from lfv_edge.model.runner import import_dlr\n"
         + "from lfv_edge.errors import ModelPackageError\n"
         + "try:\n    import_dlr()\n    print('accepted')\n"
         + "except ModelPackageError as exc:\n    print('refused:', exc)\n"

@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 
 from lfv_edge.errors import ConfigError
-from lfv_edge.manifest import parse_manifest
-from lfv_edge.package import OutputLayout
-from lfv_edge.postprocess import DEFAULT_PALETTE, Postprocessor, is_anomalous_score, lfv_confidence
+from lfv_edge.inspection.postprocess import (
+    DEFAULT_PALETTE,
+    Postprocessor,
+    is_anomalous_score,
+    lfv_confidence,
+)
+from lfv_edge.model.manifest import parse_manifest
+from lfv_edge.model.package import OutputLayout
 
 STAGE: dict[str, Any] = {
     "type": "mochi",

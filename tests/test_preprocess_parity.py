@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from lfv_edge.errors import InputError
-from lfv_edge.manifest import parse_manifest
-from lfv_edge.preprocess import Preprocessor
+from lfv_edge.inspection.preprocess import Preprocessor
+from lfv_edge.model.manifest import parse_manifest
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])

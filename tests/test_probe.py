@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from lfv_edge.errors import ModelPackageError
+from lfv_edge.inspection.pipeline import Inspector
+from lfv_edge.model.package import read_model_package
+from lfv_edge.model.probe import probe_package
 from lfv_edge.modelbuild import compile as kernel_compile
 from lfv_edge.modelbuild.package import PackageSpec
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import Inspector
-from lfv_edge.probe import probe_package
 from tests.conftest import PackageFactory
 from tests.imagefiles import solid_rgb, write_image
 

@@ -16,13 +16,13 @@ from typing import Any
 import cv2
 import pytest
 
-from lfv_edge.config import OverflowPolicy
 from lfv_edge.errors import InferenceError
+from lfv_edge.inspection.pipeline import Inspector
+from lfv_edge.model.package import read_model_package
 from lfv_edge.modelbuild.networks import red_mean_for_probability
 from lfv_edge.modelbuild.package import PackageSpec
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import Inspector
-from lfv_edge.service import Service, ServiceSettings
+from lfv_edge.service.config import OverflowPolicy
+from lfv_edge.service.core import Service, ServiceSettings
 from lfv_edge.transports.memory import MemoryTransport
 from tests.conftest import PackageFactory
 from tests.gated import GatedRunner
@@ -298,7 +298,7 @@ def test_replies_are_acked_after_publishing_and_not_when_publishing_fails(
     ack_seen = threading.Semaphore(0)
 
     def deliver(request_id: str) -> None:
-        from lfv_edge.transports import IncomingMessage, ReplyRoute
+        from lfv_edge.service.ports import IncomingMessage, ReplyRoute
 
         def ack() -> None:
             acked.append(request_id)

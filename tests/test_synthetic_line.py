@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from lfv_edge.synthetic_line import (
+from lfv_edge.demo.synthetic_line import (
     DEFECTS,
     LABEL_NAMES,
     SURFACES,

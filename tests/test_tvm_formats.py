@@ -9,8 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from lfv_edge.tvm_graph import GraphFormatError, parse_graph
-from lfv_edge.tvm_params import ParamsFormatError, decode_params, encode_params
+from lfv_edge.model.tvm_graph import GraphFormatError, parse_graph
+from lfv_edge.model.tvm_params import ParamsFormatError, decode_params, encode_params
 
 
 def _weights() -> dict[str, np.ndarray]:

@@ -37,15 +37,15 @@ from typing import Any
 import grpc
 import numpy as np
 
-from lfv_edge import cpu_runtime
+from lfv_edge.model import cpu_runtime
 from lfv_edge.agent import edge_agent_pb2 as pb2
 from lfv_edge.agent import edge_agent_pb2_grpc as pb2_grpc
 from lfv_edge.agent.shm import segment_path
 from lfv_edge.modelbuild.compile import compile_kernels
 from lfv_edge.modelbuild.package import PackageSpec, build_lfv_package
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import Inspector, RawFrame
-from lfv_edge.runner import configure_threads
+from lfv_edge.model.package import read_model_package
+from lfv_edge.inspection.pipeline import Inspector, RawFrame
+from lfv_edge.model.runner import configure_threads
 
 SIZES = (64, 1000)
 INPUTS = ("byte_data", "shared_memory")

@@ -58,7 +58,7 @@ def _cpu_model() -> str:
 
 
 def build_package(folder: Path) -> Path:
-    from lfv_edge import cpu_runtime
+    from lfv_edge.model import cpu_runtime
     from lfv_edge.modelbuild.package import PackageSpec, build_lfv_package
 
     runtime = cpu_runtime.find_cpu_runtime()
@@ -71,7 +71,7 @@ def build_package(folder: Path) -> Path:
 
 
 def photo_jpeg() -> bytes:
-    from lfv_edge.synthetic_line import generate_sample
+    from lfv_edge.demo.synthetic_line import generate_sample
 
     sample = generate_sample(seed=11, surface="metal", defect="scratch", size=(1080, 1920))
     ok, data = cv2.imencode(
@@ -87,8 +87,8 @@ def photo_jpeg() -> bytes:
 
 def bare_worker(package_dir: str, threads: int, image: str) -> None:
     """Read counts on stdin; answer each with the seconds `count` model runs took."""
-    from lfv_edge.package import read_model_package
-    from lfv_edge.pipeline import EncodedImage, Inspector
+    from lfv_edge.model.package import read_model_package
+    from lfv_edge.inspection.pipeline import EncodedImage, Inspector
 
     inspector = Inspector.load(read_model_package(Path(package_dir)), device="cpu", threads=threads)
     tensor = inspector.prepare(EncodedImage(Path(image).read_bytes())).tensor

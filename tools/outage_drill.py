@@ -32,7 +32,7 @@ from tests.reliability.drill import (
     service_kill,
 )
 
-from lfv_edge import cpu_runtime
+from lfv_edge.model import cpu_runtime
 from lfv_edge.modelbuild.compile import compile_kernels
 from lfv_edge.modelbuild.package import PackageSpec, build_lfv_package
 

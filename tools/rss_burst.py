@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.mqtt.conft
 
 from tests.mqtt.conftest import Broker, free_port
 
-from lfv_edge import cpu_runtime
+from lfv_edge.model import cpu_runtime
 from lfv_edge.modelbuild.compile import compile_kernels
 from lfv_edge.modelbuild.package import PackageSpec, build_lfv_package
 

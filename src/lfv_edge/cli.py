@@ -15,15 +15,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from lfv_edge import __version__, cpu_runtime
+from lfv_edge import __version__
 from lfv_edge.commands import register_all
-from lfv_edge.embedded import embedded_package
+from lfv_edge.demo.embedded import embedded_package
 from lfv_edge.errors import (
     ConfigError,
     InputError,
     LfvEdgeError,
     ModelPackageError,
 )
+from lfv_edge.model import cpu_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from lfv_edge.package_report import describe_package, format_description
+    from lfv_edge.inspection.report import describe_package, format_description
 
     path = Path(args.package) if args.package else embedded_package()
     description = describe_package(path)
@@ -130,8 +131,8 @@ class _Progress:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from lfv_edge.package import read_model_package
-    from lfv_edge.pipeline import ImageFile, Inspector
+    from lfv_edge.inspection.pipeline import ImageFile, Inspector
+    from lfv_edge.model.package import read_model_package
 
     model = Path(args.model) if args.model else embedded_package()
     package = read_model_package(model)
@@ -164,7 +165,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             line["Score"] = verdict.score
             line["TimingsMs"] = inspection.timings.to_dict()
             if mask_dir is not None and verdict.mask is not None:
-                from lfv_edge.imaging import encode_png
+                from lfv_edge.inspection.imaging import encode_png
 
                 rgb = verdict.mask_rgb()
                 if rgb is not None:

@@ -15,9 +15,9 @@ import pytest
 from lfv_edge.agent import edge_agent_pb2_grpc as pb2_grpc
 from lfv_edge.agent.registry import Loader, ModelRegistry, ModelStatus, package_loader
 from lfv_edge.agent.server import AgentServer, OnVerdict
+from lfv_edge.inspection.pipeline import Inspector
 from lfv_edge.modelbuild.networks import red_mean_for_probability
 from lfv_edge.modelbuild.package import PackageSpec
-from lfv_edge.pipeline import Inspector
 from tests.conftest import PackageFactory
 from tests.gated import GatedRunner
 from tests.imagefiles import solid_rgb

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from lfv_edge.agent import edge_agent_pb2 as pb2
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import Inspector, RawFrame
+from lfv_edge.inspection.pipeline import Inspector, RawFrame
+from lfv_edge.model.package import read_model_package
 from tests.agent.conftest import AgentFactory, defect_image, red_image
 
 

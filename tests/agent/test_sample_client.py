@@ -16,8 +16,8 @@ import numpy as np
 
 from lfv_edge.agent import edge_agent_pb2 as pb2
 from lfv_edge.agent.registry import ModelStatus
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import Inspector, RawFrame
+from lfv_edge.inspection.pipeline import Inspector, RawFrame
+from lfv_edge.model.package import read_model_package
 from tests.agent.conftest import WAIT_S, AgentFactory, red_image
 
 

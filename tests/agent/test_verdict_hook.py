@@ -10,7 +10,7 @@ import pytest
 
 from lfv_edge.agent import edge_agent_pb2 as pb2
 from lfv_edge.agent.server import CallSummary, verdict_publisher
-from lfv_edge.postprocess import Verdict
+from lfv_edge.inspection.postprocess import Verdict
 from lfv_edge.transports.memory import MemoryTransport
 from tests.agent.conftest import AgentFactory, defect_image, red_image
 

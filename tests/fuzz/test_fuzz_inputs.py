@@ -19,14 +19,14 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from lfv_edge.config import parse_config, read_config_file
-from lfv_edge.elf import ElfError, read_shared_object
 from lfv_edge.errors import ConfigError, InputError, ModelPackageError
-from lfv_edge.imaging import SizeLimits, check_size, decode_image, sniff_size
-from lfv_edge.messages import ERROR_CODES, parse_request, request_id_of
-from lfv_edge.pipeline import EncodedImage, RawFrame
-from lfv_edge.tvm_graph import GraphFormatError, parse_graph
-from lfv_edge.tvm_params import ParamsFormatError, decode_params, encode_params
+from lfv_edge.inspection.imaging import SizeLimits, check_size, decode_image, sniff_size
+from lfv_edge.inspection.pipeline import EncodedImage, RawFrame
+from lfv_edge.model.elf import ElfError, read_shared_object
+from lfv_edge.model.tvm_graph import GraphFormatError, parse_graph
+from lfv_edge.model.tvm_params import ParamsFormatError, decode_params, encode_params
+from lfv_edge.service.config import parse_config, read_config_file
+from lfv_edge.service.messages import ERROR_CODES, parse_request, request_id_of
 from tests.fuzz.conftest import CASES
 from tests.test_manifest import REAL_MANIFEST
 
@@ -371,7 +371,7 @@ MANIFEST_BYTES = json.dumps(REAL_MANIFEST).encode()
 @example(data=b'{"model_graph": ' + b"[" * 5000 + b"]" * 5000 + b"}")  # found: RecursionError
 def test_manifest_parsing_returns_a_manifest_or_a_package_error(data: bytes) -> None:
     CASES["manifest parsing"] += 1
-    from lfv_edge.manifest import decode_manifest
+    from lfv_edge.model.manifest import decode_manifest
 
     try:
         decode_manifest(data)

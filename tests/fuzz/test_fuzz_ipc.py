@@ -21,11 +21,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from lfv_edge.messages import ERROR_CODES
+from lfv_edge.inspection.pipeline import Inspector
+from lfv_edge.model.package import read_model_package
 from lfv_edge.modelbuild.package import PackageSpec
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import Inspector
-from lfv_edge.service import Service, ServiceSettings
+from lfv_edge.service.core import Service, ServiceSettings
+from lfv_edge.service.messages import ERROR_CODES
 from lfv_edge.transports.ipc import IOT_CORE_MAX_PAYLOAD_BYTES, IpcConnection, IpcTransport
 from tests.conftest import PackageFactory
 from tests.fake_nucleus import FakeNucleus

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from hypothesis import example, given
 
-from lfv_edge.messages import ERROR_CODES
+from lfv_edge.inspection.pipeline import Inspector
+from lfv_edge.model.package import read_model_package
 from lfv_edge.modelbuild.package import PackageSpec
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import Inspector
-from lfv_edge.service import Service, ServiceSettings
+from lfv_edge.service.core import Service, ServiceSettings
+from lfv_edge.service.messages import ERROR_CODES
 from lfv_edge.transports.memory import MemoryTransport
 from tests.conftest import PackageFactory
 from tests.fuzz.conftest import CASES

@@ -28,10 +28,10 @@ from typing import IO, Any
 
 import pytest
 
-from lfv_edge.config import merge_config
-from lfv_edge.imaging import encode_png
+from lfv_edge.inspection.imaging import encode_png
 from lfv_edge.modelbuild.networks import red_mean_for_probability
 from lfv_edge.modelbuild.package import PackageSpec
+from lfv_edge.service.config import merge_config
 from tests.conftest import PackageFactory
 from tests.fake_nucleus import FakeNucleus
 from tests.greengrass.recipes import (

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from lfv_edge.greengrass_build import COMPONENT_NAME, project_version
+from lfv_edge.greengrass.build import COMPONENT_NAME, project_version
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lfv_edge.greengrass_build import (
+from lfv_edge.greengrass.build import (
     COMPONENT_NAME,
     ZIP_NAME,
     BuildError,
@@ -26,7 +26,7 @@ from lfv_edge.greengrass_build import (
 from tests.greengrass.recipes import REPO, inspector_recipe_path, load_recipe, manifest_for
 
 REQUIRED = {"pyproject.toml", "src/lfv_edge/__init__.py", "src/lfv_edge/cli.py",
-            "src/lfv_edge/transports/ipc.py", "src/lfv_edge/commands/greengrass.py"}  # fmt: skip
+            "src/lfv_edge/transports/ipc.py", "src/lfv_edge/greengrass/component.py"}  # fmt: skip
 
 
 def forbidden(name: str) -> bool:
@@ -102,7 +102,7 @@ def test_component_zip_is_what_the_recipe_installs(tmp_path: Path) -> None:
         assert "lfv-edge = lfv_edge.cli:main" in archive.read(entry_points).decode(), (
             "the lfv-edge command is installed"
         )
-    assert "lfv_edge/commands/greengrass.py" in names, "the Run command is installed"
+    assert "lfv_edge/greengrass/component.py" in names, "the Run command is installed"
 
 
 def copy_project(dest: Path) -> Path:

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from lfv_edge.commands.greengrass import GreengrassComponent
-from lfv_edge.config import IpcConfig
 from lfv_edge.errors import ConfigError, TransportError
-from lfv_edge.transports import IncomingMessage, ReplyRoute
+from lfv_edge.greengrass.component import GreengrassComponent
+from lfv_edge.service.config import IpcConfig
+from lfv_edge.service.ports import IncomingMessage, ReplyRoute
 from lfv_edge.transports.ipc import (
     IOT_CORE,
     IOT_CORE_MAX_PAYLOAD_BYTES,
@@ -289,7 +289,7 @@ def test_a_burst_of_changes_is_applied_once(
         connection, IpcComponentConfig(connection, environ), environ, debounce_s=0.3
     )
     records = Records()
-    logger = logging.getLogger("lfv_edge.commands.greengrass")
+    logger = logging.getLogger("lfv_edge.greengrass.component")
     logger.addHandler(records)
     root_level = logging.getLogger().level  # the component sets it from logLevel
     try:

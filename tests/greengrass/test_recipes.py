@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 import lfv_edge
-from lfv_edge.config import merge_config, parse_config
 from lfv_edge.errors import ConfigError
-from lfv_edge.greengrass_build import COMPONENT_NAME, project_version
+from lfv_edge.greengrass.build import COMPONENT_NAME, project_version
+from lfv_edge.service.config import merge_config, parse_config
 from lfv_edge.transports.ipc import to_service_config, without_access_control
 from tests.fake_nucleus.authorization import (
     MQTT_PROXY_SERVICE,
@@ -204,7 +204,7 @@ def test_variable_check_catches_what_the_nucleus_would_leave_as_text() -> None:
 
 def test_inspector_default_configuration_is_what_parse_config_accepts() -> None:
     defaults = default_configuration(load_recipe(inspector_recipe_path()))
-    # then: the recipe's keys are lfv_edge.config's keys (unknown keys would be refused)
+    # then: the recipe's keys are lfv_edge.service.config's keys (unknown keys would be refused)
     parsed = parse_config(without_access_control(defaults), {"AWS_IOT_THING_NAME": THING})
     assert parsed.ipc is not None, "ipc is configured"
     assert parsed.ipc.iot_core_requests_topic == f"lfv/{THING}/requests", "{thingName} expands"

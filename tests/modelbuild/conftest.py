@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lfv_edge.cpu_runtime import require_cpu_runtime
+from lfv_edge.model.cpu_runtime import require_cpu_runtime
+from lfv_edge.model.runner import configure_threads
 from lfv_edge.modelbuild.compile import compile_kernels
-from lfv_edge.runner import configure_threads
 from tests.modelbuild.harness import DlrHarness
 
 

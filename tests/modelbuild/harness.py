@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from lfv_edge.model.runner import DlrRunner
+from lfv_edge.model.tvm_params import encode_params
 from lfv_edge.modelbuild.graph import GraphBuilder, Network
 from lfv_edge.modelbuild.package import GRAPH_FILE, KERNELS_FILE, PARAMS_FILE, write_dlr_model
-from lfv_edge.runner import DlrRunner
-from lfv_edge.tvm_params import encode_params
 
 
 class DlrHarness:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lfv_edge.elf import read_shared_object
+from lfv_edge.model.elf import read_shared_object
 from lfv_edge.modelbuild import BuildError
 from lfv_edge.modelbuild.compile import KERNELS_SOURCE, compile_kernels, default_cache_dir
 from lfv_edge.modelbuild.graph import KERNEL_SYMBOLS

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lfv_edge.model.tvm_graph import parse_graph
+from lfv_edge.model.tvm_params import decode_params, encode_params
 from lfv_edge.modelbuild import BuildError, networks
 from lfv_edge.modelbuild.graph import GraphBuilder, Network, Tensor
-from lfv_edge.tvm_graph import parse_graph
-from lfv_edge.tvm_params import decode_params, encode_params
 
 
 def _segmenter_graph() -> tuple[Network, GraphBuilder]:

@@ -174,7 +174,7 @@ _RUN_IN_CHILD = """
 import sys
 from pathlib import Path
 import numpy as np
-from lfv_edge.runner import DlrRunner
+from lfv_edge.model.runner import DlrRunner
 folder, library, data_file, out_file = map(Path, sys.argv[1:5])
 data = np.load(data_file)
 outputs = DlrRunner.load(folder, library=library, input_shape=data.shape).run(data)

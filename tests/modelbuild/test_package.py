@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 
 from lfv_edge.errors import ModelPackageError
+from lfv_edge.model.package import read_model_package
+from lfv_edge.model.runner import DlrRunner
+from lfv_edge.model.tvm_params import encode_params
 from lfv_edge.modelbuild import BuildError, networks
 from lfv_edge.modelbuild.cli import main
 from lfv_edge.modelbuild.package import (
@@ -22,9 +25,6 @@ from lfv_edge.modelbuild.package import (
     verify_dlr_model,
     zip_package,
 )
-from lfv_edge.package import read_model_package
-from lfv_edge.runner import DlrRunner
-from lfv_edge.tvm_params import encode_params
 
 STAGE_FILES = {
     "compiled.so",

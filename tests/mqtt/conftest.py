@@ -28,12 +28,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from lfv_edge.config import OverflowPolicy, parse_config
+from lfv_edge.inspection.pipeline import ImageSource, Inspector, Prepared
+from lfv_edge.model.package import read_model_package
 from lfv_edge.modelbuild.networks import red_mean_for_probability
 from lfv_edge.modelbuild.package import PackageSpec
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import ImageSource, Inspector, Prepared
-from lfv_edge.service import Service, ServiceSettings
+from lfv_edge.service.config import OverflowPolicy, parse_config
+from lfv_edge.service.core import Service, ServiceSettings
 from lfv_edge.transports.mqtt import MqttTransport
 from tests.conftest import PackageFactory
 from tests.gated import GatedRunner

@@ -7,8 +7,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import Inspector
+from lfv_edge.inspection.pipeline import Inspector
+from lfv_edge.model.package import read_model_package
 from tests.mqtt.conftest import (
     WAIT_S,
     Broker,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from lfv_edge.pipeline import Inspector
+from lfv_edge.inspection.pipeline import Inspector
 from tests.mqtt.conftest import (
     Broker,
     ObservedInspector,

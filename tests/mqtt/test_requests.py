@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lfv_edge.config import OverflowPolicy
-from lfv_edge.pipeline import Inspector
+from lfv_edge.inspection.pipeline import Inspector
+from lfv_edge.service.config import OverflowPolicy
 from tests.imagefiles import write_image
 from tests.mqtt.conftest import (
     Broker,

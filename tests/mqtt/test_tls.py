@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from lfv_edge.config import parse_config
 from lfv_edge.errors import TransportError
+from lfv_edge.service.config import parse_config
 from lfv_edge.transports.mqtt import MqttTransport
 from tests.mqtt.conftest import Peer, Pki, Running, TlsBroker, body_request, jpeg, red_rgb
 

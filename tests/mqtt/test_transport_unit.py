@@ -16,8 +16,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from lfv_edge.config import MqttConfig
-from lfv_edge.transports import IncomingMessage
+from lfv_edge.service.config import MqttConfig
+from lfv_edge.service.ports import IncomingMessage
 from lfv_edge.transports.mqtt import MqttTransport
 
 

@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 
-from lfv_edge.imaging import SizeLimits
+from lfv_edge.inspection.imaging import SizeLimits
+from lfv_edge.inspection.pipeline import Inspector
+from lfv_edge.model.package import read_model_package
 from lfv_edge.modelbuild.package import PackageSpec
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import Inspector
-from lfv_edge.service import Service, ServiceSettings
+from lfv_edge.service.core import Service, ServiceSettings
 from lfv_edge.transports.memory import MemoryTransport
 from tests.conftest import PackageFactory
 

@@ -109,7 +109,7 @@ class Softmax:
 
 Layer = Conv | Upsample | Concat | MaxPool | GlobalAvgPool | Dense | Add | Softmax
 
-NUM_LABELS = 5  # background + scratch, stain, crack, dent (lfv_edge.synthetic_line.LABEL_NAMES)
+NUM_LABELS = 5  # background + scratch, stain, crack, dent (lfv_edge.demo.synthetic_line.LABEL_NAMES)
 EVIDENCE = 16
 
 

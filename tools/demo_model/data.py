@@ -18,7 +18,7 @@ import numpy as np
 from lfv_processing import resize_rgb
 from numpy.typing import NDArray
 
-from lfv_edge.synthetic_line import DEFECTS, LABEL_NAMES, SURFACES, generate_sample, plan_dataset
+from lfv_edge.demo.synthetic_line import DEFECTS, LABEL_NAMES, SURFACES, generate_sample, plan_dataset
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@
 
 Every image goes through lfv-edge's own pipeline, exactly as `lfv-edge infer` runs it:
 `read_model_package` (zip → checked package) → `Inspector` (LFV pre-processing in
-lfv_edge.preprocess, the real libdlr.so via lfv_edge.runner.DlrRunner, LFV post-processing
-in lfv_edge.postprocess: 4-decimal threshold rule, argmax mask resized nearest-neighbour to
+lfv_edge.inspection.preprocess, the real libdlr.so via lfv_edge.model.runner.DlrRunner, LFV post-processing
+in lfv_edge.inspection.postprocess: 4-decimal threshold rule, argmax mask resized nearest-neighbour to
 the image size). Torch is not involved. Reports image-level accuracy and confusion counts,
 recall per defect kind and surface, and per-label IoU of the masks against the generator's
 full-size ground truth; writes the numbers to tools/demo_model/evaluation.json.
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import Inspector, RawFrame
-from lfv_edge.synthetic_line import DEFAULT_SIZE, LABEL_NAMES, generate_dataset
+from lfv_edge.model.package import read_model_package
+from lfv_edge.inspection.pipeline import Inspector, RawFrame
+from lfv_edge.demo.synthetic_line import DEFAULT_SIZE, LABEL_NAMES, generate_dataset
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -90,7 +90,7 @@ def main() -> None:
         "package": str(args.package.relative_to(REPO) if args.package.is_relative_to(REPO) else args.package),
         "package_version": package.version,
         "runtime": {"libdlr": package.library_origin, "sha256": package.library_sha256},
-        "test_set": {"generator": "lfv_edge.synthetic_line", "split": "test", "seed": args.seed,
+        "test_set": {"generator": "lfv_edge.demo.synthetic_line", "split": "test", "seed": args.seed,
                      "images": n, "image_size": list(DEFAULT_SIZE)},
         "threshold": inspector.postprocessor.threshold,
         "image_level": {"accuracy": accuracy, "confusion": confusion,

@@ -23,7 +23,7 @@ from architecture import CLASS_NAMES, INPUT_HEIGHT, INPUT_WIDTH, NORMAL_IDS
 from demo_network import build_network, read_weights
 
 from lfv_edge.modelbuild.package import PackageSpec, build_lfv_package, zip_package
-from lfv_edge.synthetic_line import LABEL_NAMES
+from lfv_edge.demo.synthetic_line import LABEL_NAMES
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -36,7 +36,7 @@ from lfv_processing import normalise_nhwc
 from net import DemoNet, folded_weights, load_folded
 from numpy.typing import NDArray
 
-from lfv_edge.synthetic_line import DEFAULT_SIZE, LABEL_NAMES
+from lfv_edge.demo.synthetic_line import DEFAULT_SIZE, LABEL_NAMES
 
 logger = logging.getLogger("train")
 HERE = Path(__file__).resolve().parent
@@ -220,7 +220,7 @@ def main() -> None:
         "normal_ids": list(NORMAL_IDS),
         "pixel_class_names": list(LABEL_NAMES),
         "threshold": threshold,
-        "dataset": {"generator": "lfv_edge.synthetic_line", "seed": args.data_seed,
+        "dataset": {"generator": "lfv_edge.demo.synthetic_line", "seed": args.data_seed,
                     "image_size": list(DEFAULT_SIZE), "train": args.train_n, "validation": args.val_n},
         "training": {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "seed": args.seed,
                      "parameters": n_params, "parameters_folded": int(sum(w.size for w in weights.values())),

@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from lfv_edge.device import DeviceRequest
 from lfv_edge.errors import LfvEdgeError
-from lfv_edge.imaging import SizeLimits
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import Inspection, Inspector, Prepared
-from lfv_edge.preprocess import Preprocessor
+from lfv_edge.inspection.imaging import SizeLimits
+from lfv_edge.inspection.pipeline import Inspection, Inspector, Prepared
+from lfv_edge.inspection.preprocess import Preprocessor
+from lfv_edge.model.device import DeviceRequest
+from lfv_edge.model.package import read_model_package
 
 logger = logging.getLogger(__name__)
 

@@ -47,13 +47,13 @@ from lfv_edge.agent.registry import (
     ModelStateError,
 )
 from lfv_edge.agent.shm import ShmRegion, map_image, write_region
-from lfv_edge.config import AgentConfig
 from lfv_edge.errors import ConfigError, InferenceError, InputError, LfvEdgeError, TransportError
-from lfv_edge.imaging import SizeLimits, check_size
-from lfv_edge.messages import SCHEMA_VERSION, utc_timestamp
-from lfv_edge.pipeline import Timings
-from lfv_edge.postprocess import Verdict
-from lfv_edge.transports import ReplyRoute, Transport
+from lfv_edge.inspection.imaging import SizeLimits, check_size
+from lfv_edge.inspection.pipeline import Timings
+from lfv_edge.inspection.postprocess import Verdict
+from lfv_edge.service.config import AgentConfig
+from lfv_edge.service.messages import SCHEMA_VERSION, utc_timestamp
+from lfv_edge.service.ports import ReplyRoute, Transport
 
 logger = logging.getLogger(__name__)
 

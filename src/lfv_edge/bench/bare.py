@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from lfv_edge.package import read_model_package
-from lfv_edge.pipeline import EncodedImage, Inspector
+from lfv_edge.inspection.pipeline import EncodedImage, Inspector
+from lfv_edge.model.package import read_model_package
 
 
 def main(argv: list[str]) -> int:

@@ -11,10 +11,10 @@ import cv2  # noqa: TID251 - the benchmark encodes its own test images
 import numpy as np
 from numpy.typing import NDArray
 
-from lfv_edge.cpu_runtime import require_cpu_runtime
-from lfv_edge.embedded import EMBEDDED_PACKAGE
+from lfv_edge.demo.embedded import EMBEDDED_PACKAGE
+from lfv_edge.demo.synthetic_line import generate_sample
+from lfv_edge.model.cpu_runtime import require_cpu_runtime
 from lfv_edge.modelbuild.package import NetworkChoice, PackageSpec, build_lfv_package
-from lfv_edge.synthetic_line import generate_sample
 
 JPEG_QUALITY = 90
 FULL_HD = (1080, 1920)  # (height, width): the camera frame of benchmarks.md

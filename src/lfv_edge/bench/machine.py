@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lfv_edge.runner import usable_cpus
+from lfv_edge.model.runner import usable_cpus
 
 
 @dataclass(frozen=True, slots=True)

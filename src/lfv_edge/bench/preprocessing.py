@@ -19,9 +19,9 @@ from numpy.typing import NDArray
 
 from lfv_edge.bench.inputs import FULL_HD, encode_jpeg, photo_rgb
 from lfv_edge.bench.timing import Summary, interleaved_ms, paired_ratio, summarize
-from lfv_edge.imaging import decode_image
-from lfv_edge.manifest import StageConfig, parse_manifest
-from lfv_edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
+from lfv_edge.inspection.imaging import decode_image
+from lfv_edge.inspection.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
+from lfv_edge.model.manifest import StageConfig, parse_manifest
 
 MODEL_SIDE = 1000
 TARGET_AFTER_DECODE = 4.0

@@ -18,8 +18,8 @@ from pathlib import Path
 from types import FrameType
 
 from lfv_edge.commands import Subparsers
-from lfv_edge.config import AgentConfig, ServiceConfig, read_config_file
 from lfv_edge.errors import ConfigError
+from lfv_edge.service.config import AgentConfig, ServiceConfig, read_config_file
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def run_agent(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code."""
     from lfv_edge.agent.registry import package_loader
     from lfv_edge.agent.server import AgentServer
-    from lfv_edge.imaging import SizeLimits
+    from lfv_edge.inspection.imaging import SizeLimits
 
     service, agent = agent_settings(args)
     model = service.model if service is not None else None

@@ -40,13 +40,13 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lfv_edge.embedded import embedded_package
+    from lfv_edge.demo.embedded import embedded_package
+    from lfv_edge.demo.synthetic_line import DEFECTS, SURFACES, generate_sample
     from lfv_edge.errors import ConfigError
-    from lfv_edge.imaging import encode_png
-    from lfv_edge.overlay import contact_sheet, render_overlay
-    from lfv_edge.package import read_model_package
-    from lfv_edge.pipeline import Inspector, RawFrame
-    from lfv_edge.synthetic_line import DEFECTS, SURFACES, generate_sample
+    from lfv_edge.inspection.imaging import encode_png
+    from lfv_edge.inspection.overlay import contact_sheet, render_overlay
+    from lfv_edge.inspection.pipeline import Inspector, RawFrame
+    from lfv_edge.model.package import read_model_package
 
     if not 1 <= args.count <= 500:
         raise ConfigError(f"--count must be between 1 and 500, got {args.count}")

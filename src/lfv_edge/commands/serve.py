@@ -20,18 +20,18 @@ from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
 from lfv_edge.commands import Subparsers
-from lfv_edge.config import (
+from lfv_edge.errors import ConfigError, TransportError
+from lfv_edge.service.config import (
     OverflowPolicy,
     ServiceConfig,
     merge_config,
     parse_config,
     read_config_mapping,
 )
-from lfv_edge.errors import ConfigError, TransportError
 
 if TYPE_CHECKING:  # imported for real inside the functions, so `--help` stays instant
     from lfv_edge.agent.server import AgentServer
-    from lfv_edge.imaging import SizeLimits
+    from lfv_edge.inspection.imaging import SizeLimits
     from lfv_edge.transports.mqtt import MqttTransport
 
 logger = logging.getLogger(__name__)
@@ -223,11 +223,11 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Servic
 
 def run_serve(args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or a fatal transport error (TransportError, exit 1)."""
-    from lfv_edge.imaging import SizeLimits
-    from lfv_edge.messages import environment_identity
-    from lfv_edge.package import read_model_package
-    from lfv_edge.pipeline import Inspector, serving_threads
-    from lfv_edge.service import Service, ServiceSettings
+    from lfv_edge.inspection.imaging import SizeLimits
+    from lfv_edge.inspection.pipeline import Inspector, serving_threads
+    from lfv_edge.model.package import read_model_package
+    from lfv_edge.service.core import Service, ServiceSettings
+    from lfv_edge.service.messages import environment_identity
     from lfv_edge.transports.mqtt import MqttTransport
 
     environ = os.environ

@@ -17,8 +17,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from lfv_edge.cpu_runtime import find_cpu_runtime
 from lfv_edge.errors import LfvEdgeError
+from lfv_edge.model.cpu_runtime import find_cpu_runtime
 from lfv_edge.modelbuild import BuildError
 from lfv_edge.modelbuild.package import (
     DEFAULT_PIXEL_CLASSES,

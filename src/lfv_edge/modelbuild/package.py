@@ -31,12 +31,12 @@ from typing import Literal
 
 import numpy as np
 
-from lfv_edge.elf import ElfError, read_shared_object
+from lfv_edge.model.elf import ElfError, read_shared_object
+from lfv_edge.model.tvm_graph import GraphFormatError, parse_graph
+from lfv_edge.model.tvm_params import ParamsFormatError, decode_params, encode_params
 from lfv_edge.modelbuild import BuildError, networks
 from lfv_edge.modelbuild.compile import compile_kernels
 from lfv_edge.modelbuild.graph import Network
-from lfv_edge.tvm_graph import GraphFormatError, parse_graph
-from lfv_edge.tvm_params import ParamsFormatError, decode_params, encode_params
 
 STAGE_TYPE = "mochi"
 GRAPH_TYPE = "single_stage_model_graph"

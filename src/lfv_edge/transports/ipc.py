@@ -52,9 +52,9 @@ from awsiot.greengrasscoreipc.model import (
     UnauthorizedError,
 )
 
-from lfv_edge.config import IpcConfig, ServiceConfig, parse_config
 from lfv_edge.errors import ConfigError, TransportError
-from lfv_edge.transports import FatalHandler, IncomingMessage, MessageHandler, ReplyRoute
+from lfv_edge.service.config import IpcConfig, ServiceConfig, parse_config
+from lfv_edge.service.ports import FatalHandler, IncomingMessage, MessageHandler, ReplyRoute
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass
 
 from lfv_edge.errors import TransportError
-from lfv_edge.transports import FatalHandler, IncomingMessage, MessageHandler, ReplyRoute
+from lfv_edge.service.ports import FatalHandler, IncomingMessage, MessageHandler, ReplyRoute
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,15 +41,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from lfv_edge.config import MqttConfig
 from lfv_edge.errors import ConfigError, TransportError
-from lfv_edge.stats import RateLimitedLog
-from lfv_edge.transports import (
+from lfv_edge.service.config import MqttConfig
+from lfv_edge.service.ports import (
     FatalHandler,
     IncomingMessage,
     MessageHandler,
     ReplyRoute,
 )
+from lfv_edge.service.stats import RateLimitedLog
 from lfv_edge.transports.spool import DiskSpool, MemorySpool, Spool
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,9 @@ def embedded_package(environ: Mapping[str, str] = os.environ) -> Path:
     configured = environ.get(DEFAULT_MODEL_ENV)
     if configured:
         return Path(configured)
-    tree = Path(__file__).resolve().parents[2]  # src/lfv_edge/embedded.py → the repository root
+    tree = (
+        Path(__file__).resolve().parents[3]
+    )  # src/lfv_edge/demo/embedded.py → the repository root
     candidate = tree / EMBEDDED_PACKAGE
     if candidate.is_file():
         return candidate

@@ -29,8 +29,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lfv_edge.errors import InputError
-from lfv_edge.imaging import IMAGE_UNREADABLE
-from lfv_edge.manifest import StageConfig
+from lfv_edge.inspection.imaging import IMAGE_UNREADABLE
+from lfv_edge.model.manifest import StageConfig
 
 ChannelOrder = Literal["rgb", "bgr"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from lfv_edge.device import DeviceChoice, DeviceRequest, HostFacts, choose_device
-from lfv_edge.imaging import SizeLimits, check_size, decode_image, read_image_file
-from lfv_edge.package import ModelPackage
-from lfv_edge.postprocess import Postprocessor, Verdict
-from lfv_edge.preprocess import ChannelOrder, Preprocessor, set_opencv_threads
-from lfv_edge.probe import probe_package
-from lfv_edge.runner import DlrRunner, Runner, configure_threads, usable_cpus
+from lfv_edge.inspection.imaging import SizeLimits, check_size, decode_image, read_image_file
+from lfv_edge.inspection.postprocess import Postprocessor, Verdict
+from lfv_edge.inspection.preprocess import ChannelOrder, Preprocessor, set_opencv_threads
+from lfv_edge.model.device import DeviceChoice, DeviceRequest, HostFacts, choose_device
+from lfv_edge.model.package import ModelPackage
+from lfv_edge.model.probe import probe_package
+from lfv_edge.model.runner import DlrRunner, Runner, configure_threads, usable_cpus
 
 logger = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lfv_edge.errors import ConfigError, InferenceError
-from lfv_edge.imaging import encode_png, resize_nearest
-from lfv_edge.manifest import Manifest
-from lfv_edge.package import OutputLayout
+from lfv_edge.inspection.imaging import encode_png, resize_nearest
+from lfv_edge.model.manifest import Manifest
+from lfv_edge.model.package import OutputLayout
 
 # The fixed 104-entry mask palette of AWS's LFV processing code (DDA lyra_anomalies_mask_utils).
 DEFAULT_PALETTE = [

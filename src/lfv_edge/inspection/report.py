@@ -9,17 +9,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lfv_edge.device import (
+from lfv_edge.errors import DeviceError
+from lfv_edge.inspection.postprocess import DEFAULT_PALETTE
+from lfv_edge.model.device import (
     DeviceRequest,
     HostFacts,
     choose_device,
     gpu_libraries,
     missing_libraries,
 )
-from lfv_edge.errors import DeviceError
-from lfv_edge.manifest import INTERPOLATION_CODES
-from lfv_edge.package import ModelPackage, read_model_package
-from lfv_edge.postprocess import DEFAULT_PALETTE
+from lfv_edge.model.manifest import INTERPOLATION_CODES
+from lfv_edge.model.package import ModelPackage, read_model_package
 
 _INTERPOLATION_NAMES = {code: name for name, code in INTERPOLATION_CODES.items()}
 

@@ -40,8 +40,13 @@ import numpy as np
 import pybase64
 
 from lfv_edge.errors import InputError
-from lfv_edge.imaging import IMAGE_TOO_LARGE, IMAGE_TOO_SMALL, IMAGE_UNREADABLE, sniff_size
-from lfv_edge.pipeline import EncodedImage, ImageFile, ImageSource, Inspection, RawFrame
+from lfv_edge.inspection.imaging import (
+    IMAGE_TOO_LARGE,
+    IMAGE_TOO_SMALL,
+    IMAGE_UNREADABLE,
+    sniff_size,
+)
+from lfv_edge.inspection.pipeline import EncodedImage, ImageFile, ImageSource, Inspection, RawFrame
 
 SCHEMA_VERSION = "1"
 BAD_REQUEST = "BadRequest"

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from lfv_edge.imaging import resize_nearest
-from lfv_edge.postprocess import Verdict
+from lfv_edge.inspection.imaging import resize_nearest
+from lfv_edge.inspection.postprocess import Verdict
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _ANOMALOUS = (220, 40, 40)

@@ -6,7 +6,7 @@ SIGSEGV), and no Python code can catch that. For packages from outside, `--probe
 model and runs one inference in a child first; only when the child exits cleanly is the model
 loaded in-process. A crash becomes a `ModelPackageError` naming the signal.
 
-Run as a module: `python -m lfv_edge.probe PACKAGE DEVICE` (exit 0 = the package works).
+Run as a module: `python -m lfv_edge.model.probe PACKAGE DEVICE` (exit 0 = the package works).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def probe_package(source: Path, device: str, *, timeout_s: float = 300.0) -> Non
     Raises:
         ModelPackageError: the child was killed by a signal, timed out, or refused the package.
     """
-    command = [sys.executable, "-m", "lfv_edge.probe", str(source), device]
+    command = [sys.executable, "-m", "lfv_edge.model.probe", str(source), device]
     try:
         completed = subprocess.run(
             command, capture_output=True, text=True, timeout=timeout_s, check=False
@@ -54,21 +54,23 @@ def probe_package(source: Path, device: str, *, timeout_s: float = 300.0) -> Non
 
 
 def _probe_main(argv: list[str]) -> int:
-    """Child side: load, run one inference on a mid-grey frame, exit 0."""
+    """Child side: load the model with DLR, run one inference on zeros, exit 0."""
     import numpy as np
 
     from lfv_edge.errors import LfvEdgeError
-    from lfv_edge.package import read_model_package
-    from lfv_edge.pipeline import Inspector, RawFrame
+    from lfv_edge.model.package import read_model_package
+    from lfv_edge.model.runner import DlrRunner
 
     source, device = Path(argv[0]), argv[1]
     try:
         package = read_model_package(source)
-        inspector = Inspector.load(package, device=device)  # type: ignore[arg-type]
-        stage = package.manifest.stage
-        shape = (max(stage.image_height, 64), max(stage.image_width, 64), 3)  # LFV's minimum side
-        frame = np.full(shape, 128, dtype=np.uint8)
-        inspector.inspect(RawFrame(frame, "rgb"))
+        runner = DlrRunner.load(
+            package.stage_dir,
+            library=package.library.path,
+            input_shape=package.stage.input_shape,
+            device=device,
+        )
+        runner.run(np.zeros(package.stage.input_shape, dtype=np.float32))
     except LfvEdgeError as exc:
         print(str(exc).replace("\n", " "), file=sys.stderr)
         return _PROBE_EXIT_REFUSED

@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from lfv_edge.config import OverflowPolicy
 from lfv_edge.errors import InputError, LfvEdgeError, TransportError
-from lfv_edge.messages import (
+from lfv_edge.inspection.pipeline import Inspector, Prepared
+from lfv_edge.service.config import OverflowPolicy
+from lfv_edge.service.messages import (
     BUSY,
     INFERENCE_FAILED,
     INTERNAL_ERROR,
@@ -44,9 +45,8 @@ from lfv_edge.messages import (
     parse_request,
     request_id_of,
 )
-from lfv_edge.pipeline import Inspector, Prepared
-from lfv_edge.stats import RateLimitedLog, Stats
-from lfv_edge.transports import IncomingMessage, Transport
+from lfv_edge.service.ports import IncomingMessage, Transport
+from lfv_edge.service.stats import RateLimitedLog, Stats
 
 logger = logging.getLogger(__name__)
 

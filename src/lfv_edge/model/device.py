@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lfv_edge.cpu_runtime import CPU_ONLY_LIBDLR_SHA256
-from lfv_edge.elf import SharedObject
 from lfv_edge.errors import DeviceError
+from lfv_edge.model.cpu_runtime import CPU_ONLY_LIBDLR_SHA256
+from lfv_edge.model.elf import SharedObject
 
 logger = logging.getLogger(__name__)
 

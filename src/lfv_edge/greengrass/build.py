@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="build-component", description="Build the com.lfvedge.Inspector component zip."
     )
-    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2])
+    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[3])
     parser.add_argument("--out", type=Path, help="zip path (default: the artifacts/ layout)")
     parser.add_argument(
         "--gdk", action="store_true", help="stage greengrass-build/ for `gdk component build`"

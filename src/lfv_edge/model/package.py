@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lfv_edge import cpu_runtime
-from lfv_edge.archive import ZipLimits, extract_package_zip
-from lfv_edge.elf import SharedObject
 from lfv_edge.errors import ModelPackageError
-from lfv_edge.manifest import Manifest, decode_manifest
-from lfv_edge.preflight import StageCheck, check_libdlr, check_stage
+from lfv_edge.model import cpu_runtime
+from lfv_edge.model.archive import ZipLimits, extract_package_zip
+from lfv_edge.model.elf import SharedObject
+from lfv_edge.model.manifest import Manifest, decode_manifest
+from lfv_edge.model.preflight import StageCheck, check_libdlr, check_stage
 
 logger = logging.getLogger(__name__)
 

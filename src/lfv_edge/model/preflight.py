@@ -26,10 +26,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from lfv_edge.elf import ElfError, SharedObject, read_shared_object
 from lfv_edge.errors import ModelPackageError
-from lfv_edge.tvm_graph import Graph, GraphFormatError, parse_graph
-from lfv_edge.tvm_params import ParamsFormatError, decode_params
+from lfv_edge.model.elf import ElfError, SharedObject, read_shared_object
+from lfv_edge.model.tvm_graph import Graph, GraphFormatError, parse_graph
+from lfv_edge.model.tvm_params import ParamsFormatError, decode_params
 
 logger = logging.getLogger(__name__)
 

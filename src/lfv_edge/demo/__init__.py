@@ -1,0 +1,1 @@
+"""The demo: a synthetic production line and the embedded demo package."""

@@ -1,0 +1,419 @@
+"""`lfv-edge greengrass`: the Run command of the `com.lfvedge.Inspector` Greengrass V2 component.
+
+Owns the component's life: connect to the nucleus, read the configuration, load the model,
+serve requests over IPC, report RUNNING, apply configuration updates live, and stop.
+
+    start: IPC connect → GetConfiguration → parse_config → load the model → Service + IpcTransport
+           → SubscribeToConfigurationUpdate / SubscribeToValidateConfigurationUpdates → RUNNING
+    live:  one event per changed leaf → ~1 s of quiet → GetConfiguration → apply between messages
+           (topics: resubscribe; threshold, colours, limits: a new Inspector sharing the runner;
+           model path or device: a fresh Inspector, swapped in while the old one finishes what it
+           prepared; image roots, queue size, masks: `Service.update_settings`)
+    stop:  SIGTERM → stop receiving, answer everything received, exit 0
+           IPC lost → exit 1 (the nucleus restarts us; there is no reconnect in the SDK)
+
+Exit codes as `cli.main`: 2 bad configuration, 3 unusable model package, 1 anything else fatal.
+Besides `service.py`'s workers, the one thread created here applies configuration updates, so
+that neither IPC callbacks nor the request pipeline ever wait for a model to load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
+
+from lfv_edge.errors import ConfigError, LfvEdgeError, TransportError
+from lfv_edge.service.config import LimitsConfig, ModelConfig, ServiceConfig
+
+if TYPE_CHECKING:  # the real imports happen in the handler: `lfv-edge --help` stays instant
+    from lfv_edge.inspection.imaging import SizeLimits
+    from lfv_edge.inspection.pipeline import Inspector
+    from lfv_edge.service.core import Service, ServiceSettings
+    from lfv_edge.transports.ipc import IpcComponentConfig, IpcConnection, IpcTransport
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+DEBOUNCE_S = 1.0  # the nucleus sends one event per changed leaf: wait for the burst to end
+_MAX_DEBOUNCE_S = 5.0  # … but apply a never-ending trickle of changes at least this often
+# Short: the nucleus force-kills a component that does not stop in time (15 s is the default
+# timeout of lifecycle steps such as Shutdown).
+DRAIN_TIMEOUT_S = 10.0
+
+
+class _BelowWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+def install_logging(level: str) -> None:
+    """stdout for DEBUG/INFO, stderr for WARNING and above.
+
+    The nucleus logs a component's stdout at INFO and its stderr at WARN, so the split keeps
+    the levels right in the component log (it adds its own timestamps).
+    """
+    root = logging.getLogger()
+    root.handlers.clear()
+    formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    low = logging.StreamHandler(sys.stdout)
+    low.addFilter(_BelowWarning())
+    high = logging.StreamHandler(sys.stderr)
+    high.setLevel(logging.WARNING)
+    for handler in (low, high):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def run_component(*, debounce_s: float, drain_timeout_s: float) -> NoReturn:
+    """The component's Run step: serve until SIGTERM or a fatal error, then exit the process."""
+    from lfv_edge.transports.ipc import IpcComponentConfig, IpcConnection
+
+    install_logging(logging.getLevelName(logging.getLogger().level))
+    environ = os.environ
+    connection = IpcConnection.connect(environ)
+    component = GreengrassComponent(
+        connection,
+        IpcComponentConfig(connection, environ),
+        environ,
+        debounce_s=debounce_s,
+        drain_timeout_s=drain_timeout_s,
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        component.request_stop(signal.Signals(signum).name)
+
+    # Before start(): a SIGTERM while the model loads stops us as soon as we serve.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        component.start()
+        code = component.wait()
+    finally:
+        component.close()
+        connection.close()
+    # Everything is answered and closed. Skip the C++ static destructors: libdlr's TVM thread
+    # pools can still be winding down on the model thread as the process exits, and the race
+    # aborts the process ("terminate called without an active exception", SIGABRT; seen in
+    # about 1 exit in 20 on a loaded 2-core machine), which the nucleus would count as a crash.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def size_limits(limits: LimitsConfig) -> SizeLimits:
+    """`imaging.SizeLimits` for a `limits` section."""
+    from lfv_edge.inspection.imaging import SizeLimits
+
+    return SizeLimits(
+        min_side=limits.min_image_side,
+        max_side=limits.max_image_side,
+        max_encoded_bytes=limits.max_payload_bytes,
+    )
+
+
+class GreengrassComponent:
+    """Wires the IPC connection, the configuration, the inspector and the service."""
+
+    def __init__(
+        self,
+        connection: IpcConnection,
+        component_config: IpcComponentConfig,
+        environ: Mapping[str, str] = os.environ,
+        *,
+        debounce_s: float = DEBOUNCE_S,
+        drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    ) -> None:
+        self._connection = connection
+        self._component_config = component_config
+        self._environ = environ
+        self._debounce_s = debounce_s
+        self._drain_timeout_s = drain_timeout_s
+        self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._started = threading.Event()
+        self._applier: threading.Thread | None = None
+        self._config: ServiceConfig | None = None
+        self._service: Service | None = None
+        self._transport: IpcTransport | None = None
+        self.applied = 0  # configuration updates applied (for logs and tests)
+
+    # --- start ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Read the configuration, load the model, serve, watch the configuration, report RUNNING.
+
+        Raises:
+            ConfigError: invalid configuration (exit 2).
+            ModelPackageError: the model cannot be used (exit 3).
+            TransportError: a subscription was denied or the nucleus did not answer (exit 1).
+        """
+        from lfv_edge.service.core import Service
+        from lfv_edge.transports.ipc import IpcTransport
+
+        try:
+            config = self._component_config.read()
+            logging.getLogger().setLevel(config.log_level)
+            self._connection.timeout_s = config.ipc.timeout_s if config.ipc else 10.0
+            model = config.model
+            assert model is not None, "to_service_config requires it"  # noqa: S101
+            assert config.ipc is not None, "to_service_config requires it"  # noqa: S101
+            inspector = self._load(model, config.limits)
+            transport = IpcTransport(self._connection, config.ipc)
+            service = Service(
+                inspector,
+                [transport],
+                settings=self._settings(config),
+                queue_size=config.queue.size,
+                stats_interval_s=config.stats_interval_s,
+            )
+            self._config, self._service, self._transport = config, service, transport
+            self._component_config.watch(self._on_change)
+            self._component_config.watch_validation(self._events.put)
+            self._applier = threading.Thread(
+                target=self._apply_loop, name="lfv-config", daemon=True
+            )
+            self._applier.start()
+            service.start()
+            self._connection.update_state("RUNNING")
+        except LfvEdgeError as exc:
+            logger.error("cannot start: %s", exc)
+            self._report_errored()
+            if self._service is not None:
+                self._service.stop(timeout_s=1.0)
+            raise
+        finally:
+            self._started.set()
+
+    def _report_errored(self) -> None:
+        if self._connection.lost_reason is not None:
+            return
+        try:
+            self._connection.update_state("ERRORED")
+        except TransportError as exc:
+            logger.warning("could not report ERRORED: %s", exc)
+
+    def _load(self, model: ModelConfig, limits: LimitsConfig) -> Inspector:
+        from lfv_edge.inspection.pipeline import Inspector, serving_threads
+        from lfv_edge.model.package import read_model_package
+
+        package = read_model_package(model.path)
+        inspector = Inspector.load(
+            package,
+            device=model.device,
+            threads=serving_threads(model.threads, self._environ),
+            colors=model.colors,
+            threshold=model.threshold_override,
+            limits=size_limits(limits),
+            probe=model.probe,
+        )
+        logger.info("model %s %s loaded from %s", package.name, package.version, model.path)
+        return inspector
+
+    def _settings(self, config: ServiceConfig) -> ServiceSettings:
+        from lfv_edge.service.core import ServiceSettings
+        from lfv_edge.service.messages import environment_identity
+
+        return ServiceSettings(
+            image_roots=config.image_roots,
+            max_payload_bytes=config.limits.max_payload_bytes,
+            include_mask=config.results.include_mask,
+            overflow=config.queue.overflow,
+            extra_reply_fields=dict(environment_identity(self._environ)),
+        )
+
+    # --- run and stop ----------------------------------------------------------------------------
+
+    def request_stop(self, why: str) -> None:
+        """Stop serving (drain) from any thread, signal handlers included: never blocks.
+
+        Before `start()` has finished, the stop happens as soon as the service runs.
+        """
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        logger.info("%s: stopping after answering what was received", why)
+        threading.Thread(target=self._stop_service, name="lfv-stop", daemon=True).start()
+
+    def _stop_service(self) -> None:
+        self._started.wait()  # set by start(), whether it succeeded or not
+        if self._service is not None:
+            self._service.stop(self._drain_timeout_s)
+
+    def wait(self) -> int:
+        """Block until the service stopped; EXIT_FATAL if a transport failure stopped it."""
+        assert self._service is not None  # noqa: S101 - start() succeeded
+        self._service.wait()
+        self._stopping.set()
+        if self._service.fatal_reason is not None:
+            logger.error("exiting after a fatal error: %s", self._service.fatal_reason)
+            self._report_errored()
+            return EXIT_FATAL
+        return EXIT_OK
+
+    def close(self) -> None:
+        """Stop the configuration thread and streams (the connection's owner closes it)."""
+        self._stopping.set()
+        self._events.put(_STOP)
+        if self._applier is not None:
+            self._applier.join(self._drain_timeout_s)
+        self._component_config.stop()
+
+    # --- configuration updates -------------------------------------------------------------------
+
+    def _on_change(self, key_path: tuple[str, ...]) -> None:
+        self._events.put(_Changed(key_path))  # executor thread: enqueue only
+
+    def _apply_loop(self) -> None:
+        while True:
+            item = self._events.get()
+            if item is _STOP:
+                return
+            changed: set[tuple[str, ...]] = set()
+            if isinstance(item, _Changed):
+                changed.add(item.key_path)
+            else:
+                self._answer_validation(item)
+                continue
+            deadline = time.monotonic() + _MAX_DEBOUNCE_S
+            while time.monotonic() < deadline:
+                try:
+                    item = self._events.get(timeout=self._debounce_s)
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    return
+                if isinstance(item, _Changed):
+                    changed.add(item.key_path)
+                else:
+                    self._answer_validation(item)
+            if not self._stopping.is_set():
+                self._reload(changed)
+
+    def _answer_validation(self, item: object) -> None:
+        from lfv_edge.transports.ipc import ValidationRequest
+
+        if not isinstance(item, ValidationRequest):
+            return
+        problem = self.validate(item.configuration)
+        if problem is None:
+            logger.info("deployment %s: configuration accepted", item.deployment_id)
+        else:
+            logger.warning("deployment %s: configuration rejected: %s", item.deployment_id, problem)
+        try:
+            self._component_config.report_validity(item.deployment_id, problem)
+        except TransportError as exc:
+            logger.error("deployment %s: validity report not sent: %s", item.deployment_id, exc)
+
+    def validate(self, candidate: Mapping[str, object]) -> str | None:
+        """None if `candidate` would work, else why not (the message names the key path)."""
+        from lfv_edge.model.package import read_model_package
+
+        try:
+            config = self._component_config.check(candidate)
+        except ConfigError as exc:
+            return str(exc)
+        current = self._config.model if self._config else None
+        model = config.model
+        if model is not None and (current is None or model.path != current.path):
+            try:
+                read_model_package(model.path)  # pre-flight: manifest, stage files, ELF checks
+            except LfvEdgeError as exc:
+                return f"model.path: {exc}"
+        return None
+
+    def _reload(self, changed: set[tuple[str, ...]]) -> None:
+        names = sorted("/".join(path) for path in changed)
+        logger.info("configuration changed (%d keys: %s)", len(names), ", ".join(names[:10]))
+        try:
+            config = self._component_config.read()
+        except ConfigError as exc:
+            # Local deployments are not validated first: refuse here, keep what runs.
+            logger.error("configuration refused, keeping the running one: %s", exc)
+            return
+        except TransportError as exc:
+            logger.error("configuration not read: %s", exc)
+            return
+        self.apply(config)
+
+    def apply(self, new: ServiceConfig) -> None:
+        """Apply a parsed configuration between messages; what fails keeps its old value."""
+        from lfv_edge.inspection.pipeline import Inspector
+
+        old, service, transport = self._config, self._service, self._transport
+        assert old is not None, "start() succeeded"  # noqa: S101
+        assert old.model is not None, "to_service_config requires it"  # noqa: S101
+        assert new.model is not None, "to_service_config requires it"  # noqa: S101
+        assert service is not None, "start() succeeded"  # noqa: S101
+        assert transport is not None, "start() succeeded"  # noqa: S101
+        logging.getLogger().setLevel(new.log_level)
+        effective = new
+        model, old_model = new.model, old.model
+        if (model.path, model.device) != (old_model.path, old_model.device):
+            try:
+                service.replace_inspector(self._load(model, new.limits))
+            except LfvEdgeError as exc:
+                logger.error("model.path %s not loaded, still serving %s: %s", model.path,
+                             old_model.path, exc)  # fmt: skip
+                model = dataclasses.replace(
+                    model, path=old_model.path, device=old_model.device, threads=old_model.threads
+                )
+                effective = dataclasses.replace(effective, model=model)
+        if (
+            model.path == old_model.path
+            and model.device == old_model.device
+            and (
+                (model.threshold_override, dict(model.colors), new.limits)
+                != (old_model.threshold_override, dict(old_model.colors), old.limits)
+            )
+        ):
+            # Same model: a new Inspector around the same runner is instant.
+            current = service.inspector
+            try:
+                service.replace_inspector(
+                    Inspector(
+                        current.package,
+                        current.runner,
+                        device=current.device,
+                        colors=model.colors,
+                        threshold=model.threshold_override,
+                        limits=size_limits(new.limits),
+                    )
+                )
+            except LfvEdgeError as exc:
+                logger.error("model settings not applied: %s", exc)
+        if model.threads != old_model.threads:
+            logger.warning("model.threads takes effect at the next start (TVM sizes its pool once)")
+        if new.stats_interval_s != old.stats_interval_s:
+            logger.warning("statsIntervalS takes effect at the next start")
+        settings = self._settings(new)
+        if settings != service.settings or new.queue.size != old.queue.size:
+            service.update_settings(settings, queue_size=new.queue.size)
+        if new.ipc is not None and new.ipc != old.ipc:
+            try:
+                transport.update(new.ipc)
+            except TransportError as exc:
+                logger.error("topics not changed: %s", exc)
+            effective = dataclasses.replace(effective, ipc=transport.config)
+        self._config = effective
+        self.applied += 1
+        logger.info("configuration applied (update %d)", self.applied)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Changed:
+    key_path: tuple[str, ...]
+
+
+_STOP = object()
