@@ -25,6 +25,7 @@ PT_LOAD = 1
 SHT_DYNSYM = 11
 SHT_DYNAMIC = 6
 SHN_UNDEF = 0
+STB_WEAK = 2
 DT_NULL, DT_NEEDED, DT_RPATH, DT_RUNPATH = 0, 1, 15, 29
 _HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")
@@ -49,6 +50,9 @@ class SharedObject:
     defined_symbols: frozenset[str]
     needed: tuple[str, ...]
     search_paths: tuple[str, ...]  # DT_RPATH/DT_RUNPATH entries, $ORIGIN expanded
+    # Strong undefined symbols: the dynamic linker must find each in a library already loaded
+    # or in `needed`, or dlopen fails (RTLD_NOW) or the process dies at the first call (LAZY).
+    undefined_symbols: frozenset[str] = frozenset()
 
     @property
     def machine_name(self) -> str:
@@ -105,6 +109,7 @@ def read_shared_object(path: Path, *, expected_machine: int | None = None) -> Sh
     _check_range(data, e_shoff, e_shnum * _SHDR.size, name, "section header table")
     sections = [_SHDR.unpack_from(data, e_shoff + i * _SHDR.size) for i in range(e_shnum)]
     symbols: set[str] = set()
+    undefined: set[str] = set()
     needed: list[str] = []
     search: list[str] = []
     for (
@@ -131,9 +136,13 @@ def read_shared_object(path: Path, *, expected_machine: int | None = None) -> Sh
         if sh_type == SHT_DYNSYM:
             step = sh_entsize or _SYM.size
             for offset in range(sh_offset, sh_offset + sh_size - _SYM.size + 1, step):
-                st_name, _info_b, _other, st_shndx, _value, _size = _SYM.unpack_from(data, offset)
-                if st_shndx != SHN_UNDEF and st_name:
+                st_name, st_info, _other, st_shndx, _value, _size = _SYM.unpack_from(data, offset)
+                if not st_name:
+                    continue
+                if st_shndx != SHN_UNDEF:
                     symbols.add(_c_string(strings, st_name))
+                elif st_info >> 4 != STB_WEAK:
+                    undefined.add(_c_string(strings, st_name))
         else:
             step = sh_entsize or _DYN.size
             for offset in range(sh_offset, sh_offset + sh_size - _DYN.size + 1, step):
@@ -154,7 +163,53 @@ def read_shared_object(path: Path, *, expected_machine: int | None = None) -> Sh
         defined_symbols=frozenset(symbols),
         needed=tuple(needed),
         search_paths=tuple(search),
+        undefined_symbols=frozenset(undefined),
     )
+
+
+def read_symbol_data(path: Path, symbol: str) -> bytes | None:
+    """The bytes an exported data symbol points at in the file (None when it is not defined).
+
+    For `__tvm_dev_mblob`, the modules TVM packs into a kernel library (tvm_blob.py). Reads
+    the symbol's address and size from `.dynsym` and maps the address to a file offset
+    through the loadable segments. Call `read_shared_object` first: this assumes sane tables.
+
+    Raises:
+        ElfError: the symbol's bytes lie outside every loadable segment or beyond the file.
+    """
+    data = path.read_bytes()
+    (_ident, _type, _machine, _ver, _entry, e_phoff, e_shoff, _flags, _ehsize, _phentsize,
+     e_phnum, _shentsize, e_shnum, _shstrndx) = _HEADER.unpack_from(data)  # fmt: skip
+    sections = [_SHDR.unpack_from(data, e_shoff + i * _SHDR.size) for i in range(e_shnum)]
+    wanted = symbol.encode()
+    found: tuple[int, int] | None = None
+    for _n, sh_type, _f, _a, sh_offset, sh_size, sh_link, _i, _al, sh_entsize in sections:
+        if sh_type != SHT_DYNSYM or sh_link >= len(sections):
+            continue
+        str_offset, str_size = sections[sh_link][4], sections[sh_link][5]
+        strings = data[str_offset : str_offset + str_size]
+        step = sh_entsize or _SYM.size
+        for offset in range(sh_offset, sh_offset + sh_size - _SYM.size + 1, step):
+            st_name, _info, _other, st_shndx, st_value, st_size = _SYM.unpack_from(data, offset)
+            if (
+                st_shndx != SHN_UNDEF
+                and strings[st_name : st_name + len(wanted) + 1] == wanted + b"\0"
+            ):
+                found = (st_value, st_size)
+                break
+    if found is None:
+        return None
+    address, size = found
+    for index in range(e_phnum):
+        p_type, _pf, p_offset, p_vaddr, _pa, p_filesz, _memsz, _align = _PHDR.unpack_from(
+            data, e_phoff + index * _PHDR.size
+        )
+        if p_type == PT_LOAD and p_vaddr <= address and address + size <= p_vaddr + p_filesz:
+            start = p_offset + address - p_vaddr
+            _check_range(data, start, size, path.name, f"symbol {symbol}")
+            return data[start : start + size]
+    msg = f"{path.name}: symbol {symbol} lies outside the file's loadable segments"
+    raise ElfError(msg)
 
 
 def _check_range(data: bytes, offset: int, size: int, name: str, what: str) -> None:
