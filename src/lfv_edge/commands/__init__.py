@@ -14,6 +14,12 @@ import pkgutil
 
 Subparsers = argparse._SubParsersAction
 
+# Exit codes of every command (cli.main maps errors to the last two).
+EXIT_OK = 0
+EXIT_FAILURE = 1  # an image failed in `infer`, a runtime error
+EXIT_USAGE = 2  # usage or configuration error
+EXIT_PACKAGE = 3  # the model package cannot be used
+
 
 def register_all(commands: Subparsers[argparse.ArgumentParser]) -> None:
     """Register every command module of this package."""
