@@ -177,6 +177,7 @@ class Inspector:
             library=package.library,
             library_sha256=package.library_sha256,
             meta_device=package.stage.meta_device,
+            device_code=package.stage.device_code,
             facts=facts or HostFacts.probe(),
         )
         logger.info("device %s (%s)", choice.device, choice.reason)

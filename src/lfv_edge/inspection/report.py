@@ -18,8 +18,10 @@ from lfv_edge.model.device import (
     gpu_libraries,
     missing_libraries,
 )
+from lfv_edge.model.elf import ElfError, read_symbol_data
 from lfv_edge.model.manifest import INTERPOLATION_CODES
 from lfv_edge.model.package import ModelPackage, read_model_package
+from lfv_edge.model.tvm_blob import BLOB_SYMBOL, BlobError, parse_module_blob
 
 _INTERPOLATION_NAMES = {code: name for name, code in INTERPOLATION_CODES.items()}
 
@@ -34,6 +36,7 @@ def _device_support(package: ModelPackage, facts: HostFacts) -> dict[str, object
                 library=package.library,
                 library_sha256=package.library_sha256,
                 meta_device=package.stage.meta_device,
+                device_code=package.stage.device_code,
                 facts=facts,
             )
         except DeviceError as exc:
@@ -41,6 +44,19 @@ def _device_support(package: ModelPackage, facts: HostFacts) -> dict[str, object
         else:
             support[request] = {"possible": True, "device": choice.device, "reason": choice.reason}
     return support
+
+
+def _device_code(package: ModelPackage) -> list[str]:
+    """The modules packed into the kernel library (`__tvm_dev_mblob`): empty for a CPU build."""
+    try:
+        data = read_symbol_data(package.stage.files.kernel_lib, BLOB_SYMBOL)
+        if data is None:
+            return []
+        blob = parse_module_blob(data)
+    except (BlobError, ElfError, OSError) as exc:
+        return [f"unreadable {BLOB_SYMBOL}: {exc}"]
+    described = [m.describe() for m in blob.modules if m.kind != "_lib"]
+    return described + list(blob.notes)
 
 
 def describe_package(source: Path, facts: HostFacts | None = None) -> dict[str, object]:
@@ -104,6 +120,7 @@ def describe_package(source: Path, facts: HostFacts | None = None) -> dict[str, 
             "GpuLibraries": gpu_libraries(package.library),
             "MissingLibraries": missing_libraries(package.library, facts),
             "MetaDevice": package.stage.meta_device,
+            "DeviceCode": _device_code(package),
         },
         "Device": _device_support(package, facts),
         "Files": [
@@ -150,6 +167,8 @@ def format_description(info: Mapping[str, Any]) -> str:
     gpu = rt["GpuLibraries"]
     build = f"GPU build ({', '.join(gpu)})" if gpu else "CPU-only build"
     lines.append(f"Runtime     {rt['Library']} ({rt['Origin']}, {rt['Machine']}, {build})")
+    if rt.get("DeviceCode"):
+        lines.append(f"Device code {'; '.join(rt['DeviceCode'])}")
     if rt["MissingLibraries"]:
         lines.append(f"            missing libraries: {', '.join(rt['MissingLibraries'])}")
     for request in ("auto", "cpu", "gpu"):

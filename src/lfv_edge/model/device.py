@@ -1,8 +1,9 @@
 """Choosing the inference device: `auto`, `cpu` or `gpu`, decided before DLR ever loads.
 
 A GPU run needs all four of: an NVIDIA GPU on this machine, a `libdlr.so` built with CUDA
-(the PyPI 1.6.0 library is CPU-only), a model compiled for the GPU (`.meta` may say `cpu`), and
-every CUDA/TensorRT library that `libdlr.so` links against. When one is missing, DLR either
+(the PyPI 1.6.0 library is CPU-only), a model compiled for the GPU (`.meta` says `gpu`, or
+the kernel library carries CUDA device code), and every CUDA/TensorRT library that
+`libdlr.so` links against. When one is missing, DLR either
 dies inside `dlopen` with "No such file or directory" or fails with an empty error, so we
 check each one and say which it is. `auto` picks the GPU only when all four hold.
 
@@ -15,7 +16,7 @@ import functools
 import logging
 import os
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -118,6 +119,7 @@ def choose_device(
     library_sha256: str,
     meta_device: str | None,
     facts: HostFacts,
+    device_code: Sequence[str] = (),
 ) -> DeviceChoice:
     """Decide cpu or gpu for a package; raise when the request cannot work.
 
@@ -127,6 +129,8 @@ def choose_device(
         library_sha256: its checksum (the PyPI 1.6.0 library is known to be CPU-only).
         meta_device: `Requirements.TargetDeviceType` from the stage's `.meta`, if any.
         facts: this machine's GPU and loader facts.
+        device_code: module kinds packed into the kernel library (`("cuda",)` for a GPU
+            build; preflight's `StageCheck.device_code`).
 
     Raises:
         DeviceError: says exactly which GPU condition fails, or that a GPU-compiled model
@@ -136,6 +140,13 @@ def choose_device(
     missing = missing_libraries(library, facts)
     lib_name = str(library.path)
     problems: list[str] = []
+    cuda_code = "cuda" in device_code
+    if cuda_code and meta_device not in (None, "gpu"):
+        msg = (
+            f"the package contradicts itself: its kernel library carries CUDA device code but "
+            f".meta TargetDeviceType says {meta_device!r}"
+        )
+        raise DeviceError(msg)
     if not facts.gpu_present:
         problems.append(
             "no NVIDIA GPU was found on this machine (no /dev/nvidia* or Jetson GPU node)"
@@ -157,11 +168,13 @@ def choose_device(
         return DeviceChoice("gpu", "requested, and GPU, CUDA runtime and libraries are present")
     if requested == "auto" and not problems:
         return DeviceChoice("gpu", "auto: NVIDIA GPU and a CUDA build of libdlr.so are present")
-    if meta_device == "gpu":
-        msg = (
-            "this package's model is compiled for the GPU (.meta TargetDeviceType 'gpu') and "
-            "cannot run on the CPU"
+    if meta_device == "gpu" or cuda_code:
+        why = (
+            ".meta TargetDeviceType 'gpu'"
+            if meta_device == "gpu"
+            else "its kernel library carries CUDA device code"
         )
+        msg = f"this package's model is compiled for the GPU ({why}) and cannot run on the CPU"
         if requested == "auto" and problems:
             msg += "; and GPU inference is not possible here: " + "; ".join(problems)
         raise DeviceError(msg)

@@ -14,7 +14,9 @@ which file is wrong and how:
   the first (the data input), float32 `[1, 3, H, W]`;
 * kernel `.so` and `libdlr.so`: complete ELF shared objects for this machine; every kernel the
   graph calls is exported; `libdlr.so` exports the C API the dlr Python layer calls;
-* `.meta`: valid JSON; its device type is read for the device decision.
+* `.meta`: valid JSON; its device type is read for the device decision;
+* device code: the modules packed into the kernel `.so` (`__tvm_dev_mblob`, e.g. a CUDA
+  module in a GPU build) read and named, for the device decision.
 
 Pure: no dlr, no cv2.
 """
@@ -27,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lfv_edge.errors import ModelPackageError
-from lfv_edge.model.elf import ElfError, SharedObject, read_shared_object
+from lfv_edge.model.elf import ElfError, SharedObject, read_shared_object, read_symbol_data
+from lfv_edge.model.tvm_blob import BLOB_SYMBOL, BlobError, parse_module_blob
 from lfv_edge.model.tvm_graph import Graph, GraphFormatError, parse_graph
 from lfv_edge.model.tvm_params import ParamsFormatError, decode_params
 
@@ -69,6 +72,7 @@ class StageCheck:
     libdlr: SharedObject | None
     meta_device: str | None
     output_names: tuple[str, ...]
+    device_code: tuple[str, ...] = ()  # module kinds in __tvm_dev_mblob, e.g. ("cuda",)
 
 
 def _fail(stage_dir: Path, problem: str) -> ModelPackageError:
@@ -228,6 +232,11 @@ def check_stage(stage_dir: Path) -> StageCheck:
             f"{files.graph_json.name} calls kernel(s) that {files.kernel_lib.name} does not export: "
             + ", ".join(absent),
         )
+    try:
+        blob_data = read_symbol_data(files.kernel_lib, BLOB_SYMBOL)
+        device_code = parse_module_blob(blob_data).kinds if blob_data is not None else ()
+    except (BlobError, ElfError) as exc:
+        raise _fail(stage_dir, f"{files.kernel_lib.name}: {BLOB_SYMBOL} is corrupt: {exc}") from exc
     libdlr = check_libdlr(files.libdlr) if files.libdlr is not None else None
     meta_device, output_names = _read_meta(files.meta)
     return StageCheck(
@@ -241,6 +250,7 @@ def check_stage(stage_dir: Path) -> StageCheck:
         libdlr=libdlr,
         meta_device=meta_device,
         output_names=output_names,
+        device_code=device_code,
     )
 
 

@@ -63,11 +63,13 @@ class ImportedModule:
     graph_functions: tuple[str, ...] = ()  # names graph nodes may call (BYOC subgraphs)
     code: bytes = b""  # cuda: the cubin/PTX bytes
     ptx_target: str = ""  # cuda PTX: its `.target` line, e.g. sm_72
+    fatbin_targets: tuple[str, ...] = ()  # cuda fatbin: e.g. ("sm_90", "compute_75")
 
     def describe(self) -> str:
         """One line: kind, format, how many functions."""
         if self.kind == "cuda":
-            target = f" {self.ptx_target}" if self.ptx_target else ""
+            targets = self.fatbin_targets or ((self.ptx_target,) if self.ptx_target else ())
+            target = f" {' + '.join(targets)}" if targets else ""
             return f"cuda ({self.code_format}{target}, {len(self.device_functions)} kernels)"
         if self.graph_functions:
             return f"{self.kind} ({', '.join(self.graph_functions)})"
@@ -190,14 +192,46 @@ def _cuda(reader: _Reader, start: int) -> ImportedModule:
         functions.append(DeviceFunction(name, tuple(types), tags))
     code = reader.string("the CUDA code")
     target = ""
+    fatbin = fatbin_targets(code) if code_format == "fatbin" else ()
     if code_format == "ptx":
         for line in code[:4096].decode("ascii", errors="replace").splitlines():
             if line.strip().startswith(".target"):
                 target = line.split()[1].rstrip(",") if len(line.split()) > 1 else ""
                 break
     return ImportedModule(
-        "cuda", reader.at - start, code_format, tuple(functions), code=code, ptx_target=target
-    )
+        "cuda", reader.at - start, code_format, tuple(functions), code=code, ptx_target=target,
+        fatbin_targets=fatbin,
+    )  # fmt: skip
+
+
+_FATBIN_MAGIC = 0xBA55ED50
+_FATBIN_HEADER = struct.Struct("<IHHQ")  # magic, version, header size, size of the entries
+_FATBIN_ENTRY = struct.Struct("<HHIQ")  # kind (1 PTX, 2 machine code), ?, header size, size
+_FATBIN_ARCH_OFFSET = 28  # uint32 compute capability × 10 inside an entry header
+
+
+def fatbin_targets(code: bytes) -> tuple[str, ...]:
+    """The entries of a CUDA fatbin: `sm_XY` for machine code, `compute_XY` for PTX.
+
+    NVIDIA does not document the container; this reads only what nvcc 11–13 are seen to
+    write (magic, entry kinds and architectures) and returns () for anything else. It
+    describes a package; nothing depends on it.
+    """
+    if len(code) < _FATBIN_HEADER.size:
+        return ()
+    magic, _, header_size, size = _FATBIN_HEADER.unpack_from(code)
+    if magic != _FATBIN_MAGIC or header_size < _FATBIN_HEADER.size:
+        return ()
+    found: list[str] = []
+    at, end = header_size, min(len(code), header_size + size)
+    while at + _FATBIN_ARCH_OFFSET + 4 <= end and len(found) < 64:
+        kind, _, entry_header, payload = _FATBIN_ENTRY.unpack_from(code, at)
+        if entry_header < _FATBIN_ARCH_OFFSET + 4 or kind not in (1, 2):
+            break
+        (arch,) = struct.unpack_from("<I", code, at + _FATBIN_ARCH_OFFSET)
+        found.append(f"{'sm' if kind == 2 else 'compute'}_{arch}")
+        at += entry_header + payload
+    return tuple(found)
 
 
 def _json_runtime(reader: _Reader, kind: str, start: int) -> ImportedModule:

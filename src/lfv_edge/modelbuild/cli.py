@@ -2,16 +2,20 @@
 
     python -m lfv_edge.modelbuild demo-package/ --network controllable --heads both
     python -m lfv_edge.modelbuild bench.zip --network bench --width 1000 --height 1000
+    python -m lfv_edge.modelbuild gpu-package/ --target cuda --libdlr /path/to/gpu/libdlr.so
 
 A destination ending in `.zip` gets a deterministic zip; anything else becomes a folder. By
-default the package carries a copy of the installed CPU `libdlr.so`, as LFV packages carry
-their own (`--no-libdlr` leaves it out). Exit codes: 0 built, 1 build error, 2 usage.
+default a CPU package carries a copy of the installed CPU `libdlr.so`, as LFV packages carry
+their own (`--no-libdlr` leaves it out). A `--target cuda` package (GPU kernels, needs nvcc)
+carries `--libdlr`, else `$LFV_EDGE_GPU_LIBDLR`, else none. Exit codes: 0 built, 1 build
+error, 2 usage.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -20,14 +24,18 @@ from pathlib import Path
 from lfv_edge.errors import LfvEdgeError
 from lfv_edge.model.cpu_runtime import find_cpu_runtime
 from lfv_edge.modelbuild import BuildError
+from lfv_edge.modelbuild.gpu import DEFAULT_CUDA_TARGETS
 from lfv_edge.modelbuild.package import (
     DEFAULT_PIXEL_CLASSES,
     DeviceType,
     NetworkChoice,
     PackageSpec,
+    Target,
     build_lfv_package,
     zip_package,
 )
+
+GPU_LIBDLR_ENV = "LFV_EDGE_GPU_LIBDLR"
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -86,7 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=JSON",
         help="extra stage key, e.g. seg_recall_bias=0.1 (repeatable)",
     )
-    parser.add_argument("--meta", choices=("cpu", "gpu", "none"), default="cpu")
+    parser.add_argument(
+        "--target",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="kernels for the CPU (gcc) or the GPU (CUDA, needs nvcc); default cpu",
+    )
+    parser.add_argument(
+        "--cuda-targets",
+        type=_csv,
+        default=DEFAULT_CUDA_TARGETS,
+        metavar="LIST",
+        help=f"fatbin entries of a cuda build (default {','.join(DEFAULT_CUDA_TARGETS)})",
+    )
+    parser.add_argument(
+        "--meta",
+        choices=("cpu", "gpu", "none"),
+        help=".meta TargetDeviceType (default: cpu, or gpu for --target cuda)",
+    )
     parser.add_argument("--seed", type=int, default=1234)
     runtime = parser.add_mutually_exclusive_group()
     runtime.add_argument("--libdlr", type=Path, help="libdlr.so to copy into mochi/")
@@ -99,6 +124,9 @@ def _libdlr(args: argparse.Namespace) -> Path | None:
         return None
     if args.libdlr is not None:
         return Path(args.libdlr)
+    if args.target == "cuda":  # the CPU runtime cannot run a GPU build
+        configured = os.environ.get(GPU_LIBDLR_ENV)
+        return Path(configured) if configured else None
     runtime = find_cpu_runtime()
     if runtime is None:
         msg = "no CPU libdlr.so installed: run `lfv-edge runtime install`, pass --libdlr or --no-libdlr"
@@ -108,7 +136,9 @@ def _libdlr(args: argparse.Namespace) -> Path | None:
 
 def spec_from_args(args: argparse.Namespace) -> PackageSpec:
     """The `PackageSpec` the parsed flags describe."""
-    meta: DeviceType | None = None if args.meta == "none" else args.meta
+    target: Target = args.target
+    chosen: str = args.meta or ("gpu" if target == "cuda" else "cpu")
+    meta: DeviceType | None = "gpu" if chosen == "gpu" else "cpu" if chosen == "cpu" else None
     network: NetworkChoice = args.network
     return PackageSpec(
         image_width=args.width,
@@ -126,6 +156,8 @@ def spec_from_args(args: argparse.Namespace) -> PackageSpec:
         meta_device=meta,
         network=network,
         seed=args.seed,
+        target=target,
+        cuda_targets=args.cuda_targets,
     )
 
 

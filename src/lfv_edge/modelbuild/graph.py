@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -656,8 +656,12 @@ class Network:
         """Every weight by `.params` name."""
         return {name: array for layer in self._layers for name, array in layer.weights}
 
-    def to_graph(self) -> GraphBuilder:
-        """The same network as a `GraphBuilder`, ready for `to_json()` and `params()`."""
+    def to_graph(self, func_names: Mapping[str, str] | None = None) -> GraphBuilder:
+        """The same network as a `GraphBuilder`, ready for `to_json()` and `params()`.
+
+        `func_names` maps layer names to other node `func_name`s (a GPU build names one host
+        function per node, gpu.py); by default every node calls its kernels.c symbol.
+        """
         if not self._outputs:
             msg = f"{self.name}: call set_outputs() first"
             raise BuildError(msg)
@@ -668,8 +672,9 @@ class Network:
         for layer in self._layers:
             args = [refs[tensor.index] for tensor in layer.inputs]
             args += [builder.add_weight(name, array) for name, array in layer.weights]
+            func_name = func_names[layer.name] if func_names is not None else layer.func_name
             refs[layer.output.index] = builder.add_op(
-                layer.func_name, args, layer.output.shape, name=layer.name
+                func_name, args, layer.output.shape, name=layer.name
             )
         builder.set_outputs([refs[tensor.index] for tensor in self._outputs])
         return builder

@@ -6,7 +6,8 @@ Writes exactly the layout of a Lookout for Vision edge package (lfv-model-packag
     ├── manifest.json            model_graph (single_stage_model_graph, one "mochi" stage),
     │                            compilable_models, dataset
     └── mochi/
-        ├── compiled.so          our kernels (compile.py)
+        ├── compiled.so          our kernels: C (compile.py), or for a `cuda` target one host
+        │                        function per node + the CUDA module in __tvm_dev_mblob (gpu.py)
         ├── compiled_model.json  graph JSON (graph.py)
         ├── compiled.params      weights (tvm_params.encode_params)
         ├── compiled.meta        optional: Requirements.TargetDeviceType, Model.Outputs[i].name
@@ -31,11 +32,18 @@ from typing import Literal
 
 import numpy as np
 
-from lfv_edge.model.elf import ElfError, read_shared_object
+from lfv_edge.model.elf import ElfError, read_shared_object, read_symbol_data
+from lfv_edge.model.tvm_blob import BLOB_SYMBOL, BlobError, parse_module_blob
 from lfv_edge.model.tvm_graph import GraphFormatError, parse_graph
 from lfv_edge.model.tvm_params import ParamsFormatError, decode_params, encode_params
 from lfv_edge.modelbuild import BuildError, networks
 from lfv_edge.modelbuild.compile import compile_kernels
+from lfv_edge.modelbuild.gpu import (
+    DEFAULT_CUDA_TARGETS,
+    KERNEL_SUFFIX,
+    compile_gpu_kernels,
+    gpu_func_names,
+)
 from lfv_edge.modelbuild.graph import Network
 
 STAGE_TYPE = "mochi"
@@ -59,6 +67,7 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 NetworkChoice = Literal["reference", "controllable", "bench"]
 DeviceType = Literal["cpu", "gpu"]
+Target = Literal["cpu", "cuda"]  # what the kernel library is compiled for
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,8 @@ class PackageSpec:
     (seg_recall_bias, raw_image_shape, interpolation, classification_logic, …).
     `meta_device=None` writes no `.meta`. `network` is "controllable" (controllable classifier
     or segmenter, see networks.py), "reference", "bench" or an explicit `Network`.
+    `target="cuda"` compiles the network's GPU kernel library (gpu.py; needs nvcc) for
+    `cuda_targets`; its `.meta` must then say "gpu" (or be left out).
     """
 
     image_width: int = 64
@@ -88,6 +99,8 @@ class PackageSpec:
     meta_device: DeviceType | None = "cpu"
     network: NetworkChoice | Network = "controllable"
     seed: int = 1234
+    target: Target = "cpu"
+    cuda_targets: tuple[str, ...] = DEFAULT_CUDA_TARGETS
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -159,6 +172,12 @@ def check_spec(spec: PackageSpec) -> None:
         raise BuildError(msg) from exc
     if spec.meta_device not in ("cpu", "gpu", None):
         msg = f"meta_device {spec.meta_device!r} must be 'cpu', 'gpu' or None"
+        raise BuildError(msg)
+    if spec.target not in ("cpu", "cuda"):
+        msg = f"target {spec.target!r} must be 'cpu' or 'cuda'"
+        raise BuildError(msg)
+    if spec.target == "cuda" and spec.meta_device == "cpu":
+        msg = "a cuda build's .meta must say 'gpu' (meta_device='gpu') or be left out (None)"
         raise BuildError(msg)
 
 
@@ -307,16 +326,21 @@ def write_dlr_model(
     libdlr: Path | None = None,
     meta_device: DeviceType | None = "cpu",
     output_names: Sequence[str] | None = None,
+    target: Target = "cpu",
+    cuda_targets: Sequence[str] = DEFAULT_CUDA_TARGETS,
 ) -> Path:
     """Write a DLR model folder (kernels, graph, params, optional .meta and libdlr.so) and verify it.
 
     Args:
         folder: created if missing; must not already hold model files.
         network: what to write.
-        kernels: a compiled kernel library (default: `compile_kernels()`'s cached one).
+        kernels: a compiled kernel library (default: `compile_kernels()`'s cached one, or for
+            `target="cuda"` the network's `compile_gpu_kernels()`).
         libdlr: copied into the folder when given.
         meta_device: `TargetDeviceType` of the `.meta`; None writes no `.meta`.
         output_names: `.meta` output names (default output0, output1, …).
+        target: "cpu" (kernels.c) or "cuda" (one host function per node + CUDA module).
+        cuda_targets: the fatbin's `sm_XY` / `compute_XY` entries for `target="cuda"`.
 
     Raises:
         BuildError: the network is incomplete or the written files do not read back identically.
@@ -328,13 +352,15 @@ def write_dlr_model(
     if clutter:
         msg = f"{folder} already holds model files {clutter}; DLR needs exactly one of each"
         raise BuildError(msg)
-    builder = network.to_graph()
+    builder = network.to_graph(gpu_func_names(network) if target == "cuda" else None)
     (folder / GRAPH_FILE).write_text(builder.to_json(indent=1) + "\n")
     (folder / PARAMS_FILE).write_bytes(encode_params(builder.params()))
-    if kernels is None:
-        compile_kernels(folder / KERNELS_FILE)
-    else:
+    if kernels is not None:
         _copy(kernels, folder / KERNELS_FILE)
+    elif target == "cuda":
+        compile_gpu_kernels(network, folder / KERNELS_FILE, targets=cuda_targets)
+    else:
+        compile_kernels(folder / KERNELS_FILE)
     if meta_device is not None:
         names = (
             list(output_names)
@@ -346,7 +372,7 @@ def write_dlr_model(
     if libdlr is not None:
         _check_libdlr(libdlr)
         _copy(libdlr, folder / LIBDLR_FILE)
-    verify_dlr_model(folder, network)
+    verify_dlr_model(folder, network, target=target)
     return folder
 
 
@@ -370,8 +396,11 @@ def _check_libdlr(path: Path) -> None:
         raise BuildError(msg)
 
 
-def verify_dlr_model(folder: Path, network: Network) -> None:
+def verify_dlr_model(folder: Path, network: Network, *, target: Target = "cpu") -> None:
     """Read the written graph, params and kernels back and compare them with `network`.
+
+    For `target="cuda"` also: every node calls its own host function, and the library's
+    `__tvm_dev_mblob` holds exactly one CUDA module with each node's `<func_name>_kernel0`.
 
     Raises:
         BuildError: names the first difference.
@@ -412,6 +441,31 @@ def verify_dlr_model(folder: Path, network: Network) -> None:
     if missing:
         msg = f"{folder}: {KERNELS_FILE} does not export {missing}"
         raise BuildError(msg)
+    if target == "cuda":
+        _verify_gpu_library(folder, network, graph.kernel_names())
+
+
+def _verify_gpu_library(folder: Path, network: Network, called: set[str]) -> None:
+    expected = set(gpu_func_names(network).values())
+    if set(called) != expected:
+        msg = f"{folder}: the graph calls {sorted(called)}, a GPU build's nodes are {sorted(expected)}"
+        raise BuildError(msg)
+    try:
+        data = read_symbol_data(folder / KERNELS_FILE, BLOB_SYMBOL)
+        blob = parse_module_blob(data) if data is not None else None
+    except (BlobError, ElfError, OSError) as exc:
+        msg = f"{folder}: {KERNELS_FILE}'s {BLOB_SYMBOL} does not read back: {exc}"
+        raise BuildError(msg) from exc
+    if blob is None or blob.kinds != ("cuda",) or blob.notes:
+        kinds = blob.kinds if blob is not None else "no blob"
+        msg = f"{folder}: {KERNELS_FILE} must carry exactly one CUDA module, found {kinds}"
+        raise BuildError(msg)
+    cuda = next(m for m in blob.modules if m.kind == "cuda")
+    kernels = {f.name for f in cuda.device_functions}
+    wanted = {name + KERNEL_SUFFIX for name in expected}
+    if kernels != wanted:
+        msg = f"{folder}: the CUDA module's kernels {sorted(kernels ^ wanted)} do not match the graph's nodes"
+        raise BuildError(msg)
 
 
 def build_lfv_package(
@@ -424,7 +478,8 @@ def build_lfv_package(
         spec: what to build.
         libdlr: copied to `mochi/libdlr.so` as LFV packages do; None leaves it out (the runner
             then uses the installed CPU runtime).
-        kernels: a compiled kernel library (default: `compile_kernels()`).
+        kernels: a compiled kernel library (default: `compile_kernels()`, or for a `cuda`
+            target the network's `compile_gpu_kernels()`).
 
     Raises:
         BuildError: an inconsistent spec, a non-empty `dest`, or a failed read-back check.
@@ -443,6 +498,8 @@ def build_lfv_package(
         libdlr=libdlr,
         meta_device=spec.meta_device,
         output_names=spec.output_names,
+        target=spec.target,
+        cuda_targets=spec.cuda_targets,
     )
     return dest
 
