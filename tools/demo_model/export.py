@@ -1,6 +1,7 @@
 """Build the demo LFV package from weights.npz + model.json (no torch, no retraining).
 
     .venv/bin/python tools/demo_model/export.py [--out ZIP] [--folder DIR]
+    .venv/bin/python tools/demo_model/export.py --target cuda --out GPU.zip [--libdlr GPU_LIBDLR]
 
 Uses lfv_edge.modelbuild: our C kernels compiled with gcc, the graph JSON and `.params` of
 the demo network (demo_network.py), and an LFV manifest (single-stage `mochi`, both heads,
@@ -8,6 +9,10 @@ class names ["anomaly", "normal"] with normal_ids [1], the validation threshold,
 classes background/scratch/stain/crack/dent). No libdlr.so goes into the package: lfv-edge
 runs it on the CPU runtime fetched at set-up. The zip has sorted entries and fixed
 timestamps, so the same weights and compiler give the same bytes.
+
+`--target cuda` builds the GPU twin of the package instead (same manifest, graph and weights;
+CUDA kernels compiled by nvcc, `.meta` TargetDeviceType gpu, and `--libdlr` copied into the
+stage as LFV GPU packages carry their own runtime). It is never the committed artifact.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 from architecture import CLASS_NAMES, INPUT_HEIGHT, INPUT_WIDTH, NORMAL_IDS
 from demo_network import build_network, read_weights
 
-from lfv_edge.modelbuild.package import PackageSpec, build_lfv_package, zip_package
+from lfv_edge.modelbuild.package import PackageSpec, Target, build_lfv_package, zip_package
 from lfv_edge.demo.synthetic_line import LABEL_NAMES
 
 HERE = Path(__file__).resolve().parent
@@ -31,7 +36,7 @@ PACKAGE = REPO / "artifacts/com.lfvedge.DemoModel/1.0.0/lfv_demo_greengrass_mode
 logger = logging.getLogger("export")
 
 
-def package_spec(weights_path: Path, model_json: Path) -> PackageSpec:
+def package_spec(weights_path: Path, model_json: Path, target: Target = "cpu") -> PackageSpec:
     """The PackageSpec of the demo model: its network, threshold and class names."""
     summary = json.loads(model_json.read_text())
     if tuple(summary["pixel_class_names"]) != LABEL_NAMES:
@@ -52,18 +57,27 @@ def package_spec(weights_path: Path, model_json: Path) -> PackageSpec:
         segmentation_head=True,
         pixel_class_names=LABEL_NAMES,
         seg_normal_ids=(0,),
-        meta_device="cpu",
+        meta_device="gpu" if target == "cuda" else "cpu",
         network=build_network(read_weights(weights_path)),
+        target=target,
     )
 
 
-def build(out: Path, *, weights: Path, model_json: Path, folder: Path | None = None) -> Path:
+def build(
+    out: Path,
+    *,
+    weights: Path,
+    model_json: Path,
+    folder: Path | None = None,
+    target: Target = "cpu",
+    libdlr: Path | None = None,
+) -> Path:
     """Build the package folder (in `folder`, else a temporary one) and zip it to `out`."""
-    spec = package_spec(weights, model_json)
+    spec = package_spec(weights, model_json, target)
     with tempfile.TemporaryDirectory(prefix="lfv-demo-") as scratch:
-        target = folder if folder is not None else Path(scratch) / "package"
-        build_lfv_package(target, spec, libdlr=None)
-        return zip_package(target, out)
+        dest = folder if folder is not None else Path(scratch) / "package"
+        build_lfv_package(dest, spec, libdlr=libdlr)
+        return zip_package(dest, out)
 
 
 def main() -> None:
@@ -77,9 +91,16 @@ def main() -> None:
     )
     parser.add_argument("--weights", type=Path, default=HERE / "weights.npz")
     parser.add_argument("--model-json", type=Path, default=HERE / "model.json")
+    parser.add_argument("--target", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--libdlr", type=Path, help="runtime to put into the stage (cuda builds)")
     args = parser.parse_args()
+    if args.target == "cuda" and args.out.resolve() == PACKAGE.resolve():
+        parser.error("--target cuda needs its own --out: the committed artifact is the CPU package")
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    zip_path = build(args.out, weights=args.weights, model_json=args.model_json, folder=args.folder)
+    zip_path = build(
+        args.out, weights=args.weights, model_json=args.model_json, folder=args.folder,
+        target=args.target, libdlr=args.libdlr,
+    )  # fmt: skip
     digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()
     logger.info("wrote %s (%d bytes, sha256 %s)", zip_path, zip_path.stat().st_size, digest)
 

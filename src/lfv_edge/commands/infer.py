@@ -115,6 +115,8 @@ def _run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         probe=args.probe,
     )
+    choice = inspector.device
+    print(f"lfv-edge: device {choice.device} ({choice.reason})", file=sys.stderr, flush=True)
     images = list(_iter_images(args.images))
     progress = _Progress(len(images), sys.stderr)
     mask_dir = Path(args.mask_dir) if args.mask_dir else None
