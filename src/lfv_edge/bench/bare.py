@@ -1,7 +1,10 @@
-"""The bare model loop of P2, in its own process: `python -m lfv_edge.bench.bare PACKAGE THREADS IMAGE`.
+"""The bare model loop of P2 and G, in its own process.
 
-Loads the package with `THREADS` TVM workers, prepares IMAGE once, then answers each count
-read on stdin with the wall and CPU seconds that many `runner.run` calls took.
+    python -m lfv_edge.bench.bare PACKAGE THREADS IMAGE [DEVICE]
+
+Loads the package with `THREADS` TVM workers on DEVICE (cpu, the default, or gpu), prepares
+IMAGE once, then answers each count read on stdin with the wall and CPU seconds that many
+`runner.run` calls took.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import time
 from pathlib import Path
 
 from lfv_edge.inspection.pipeline import EncodedImage, Inspector
+from lfv_edge.model.device import DeviceRequest
 from lfv_edge.model.package import read_model_package
 
 
 def main(argv: list[str]) -> int:
     package, threads, image = Path(argv[0]), int(argv[1]), Path(argv[2])
-    inspector = Inspector.load(read_model_package(package), device="cpu", threads=threads)
+    device: DeviceRequest = "gpu" if argv[3:4] == ["gpu"] else "cpu"
+    inspector = Inspector.load(read_model_package(package), device=device, threads=threads)
     tensor = inspector.prepare(EncodedImage(image.read_bytes())).tensor
     warmup = []
     for _ in range(5):

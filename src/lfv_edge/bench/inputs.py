@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from lfv_edge.demo.embedded import EMBEDDED_PACKAGE
 from lfv_edge.demo.synthetic_line import generate_sample
 from lfv_edge.model.cpu_runtime import require_cpu_runtime
-from lfv_edge.modelbuild.package import NetworkChoice, PackageSpec, build_lfv_package
+from lfv_edge.modelbuild.package import NetworkChoice, PackageSpec, Target, build_lfv_package
 
 JPEG_QUALITY = 90
 FULL_HD = (1080, 1920)  # (height, width): the camera frame of benchmarks.md
@@ -75,9 +75,21 @@ def frame_request(name: str, description: str, rgb: NDArray[np.uint8]) -> Reques
     return RequestKind(name, description, body)
 
 
-def build_package(folder: Path, network: NetworkChoice, size: int, *, mask: bool = False) -> Path:
-    """A builder package (`network` at `size`×`size`), built once into `folder`."""
-    dest = folder / f"{network}-{size}{'-seg' if mask else ''}"
+def build_package(
+    folder: Path,
+    network: NetworkChoice,
+    size: int,
+    *,
+    mask: bool = False,
+    target: Target = "cpu",
+    libdlr: Path | None = None,
+) -> Path:
+    """A builder package (`network` at `size`×`size`), built once into `folder`.
+
+    `target="cuda"` builds the GPU package (nvcc) with `libdlr` (a CUDA build) in its stage;
+    a CPU package carries the installed CPU runtime.
+    """
+    dest = folder / f"{network}-{size}{'-seg' if mask else ''}{'-gpu' if target == 'cuda' else ''}"
     if (dest / "manifest.json").is_file():
         return dest
     spec = PackageSpec(
@@ -86,8 +98,11 @@ def build_package(folder: Path, network: NetworkChoice, size: int, *, mask: bool
         network=network,
         segmentation_head=mask,
         classification_head=True,
+        target=target,
+        meta_device="gpu" if target == "cuda" else "cpu",
     )
-    build_lfv_package(dest, spec, libdlr=require_cpu_runtime().library)
+    runtime = libdlr if target == "cuda" else require_cpu_runtime().library
+    build_lfv_package(dest, spec, libdlr=runtime)
     return dest
 
 

@@ -6,6 +6,7 @@ paho's network thread. Each process is the real thing, started as users start it
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -82,7 +83,10 @@ class Mosquitto:
         config = folder / "mosquitto.conf"
         # max_queued_messages 0: the broker never drops a backlog (the burst of P4 is one);
         # in-flight messages per client stay at mosquitto's default (20), as deployed.
+        # `user`: started as root, mosquitto would switch to a user "mosquitto" that a bare
+        # machine may not have.
         config.write_text(
+            f"user {getpass.getuser()}\n"
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
             "message_size_limit 0\nmax_queued_messages 0\n"
             "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
@@ -288,9 +292,17 @@ class ServeProcess:
 class BareWorker:
     """`python -m lfv_edge.bench.bare`: the package's model alone, in its own process."""
 
-    def __init__(self, package: Path, threads: int, image: Path) -> None:
+    def __init__(self, package: Path, threads: int, image: Path, device: str = "cpu") -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "lfv_edge.bench.bare", str(package), str(threads), str(image)],
+            [
+                sys.executable,
+                "-m",
+                "lfv_edge.bench.bare",
+                str(package),
+                str(threads),
+                str(image),
+                device,
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -6,7 +6,9 @@ resolution; memory-bound like a real LFV backbone's first layers, ~45 ms on one 
 headline, the lighter "bench" network (~20 ms, cheaper than decoding and pre-processing a
 1080p JPEG) shows where a small model leaves the service CPU-bound. P4/P5 use the committed
 demo package when this source tree has it, else a builder segmentation package (256×256,
-mask + score heads, the demo package's shape), and say which.
+mask + score heads, the demo package's shape), and say which. G (only when asked for, on a
+machine with an NVIDIA GPU, nvcc and a CUDA build of libdlr.so) builds the CPU and GPU
+packages of `gpu_networks` and measures them (gpu.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lfv_edge.bench import footprint, preprocessing, throughput
+from lfv_edge.bench import footprint, gpu, preprocessing, throughput
 from lfv_edge.bench.inputs import (
     FULL_HD,
     RequestKind,
@@ -34,11 +36,13 @@ from lfv_edge.bench.inputs import (
 )
 from lfv_edge.bench.machine import describe_machine, load_average
 from lfv_edge.bench.processes import Mosquitto
+from lfv_edge.errors import LfvEdgeError
 from lfv_edge.modelbuild.package import NetworkChoice
 
 logger = logging.getLogger(__name__)
 
 FIGURES = ("p1", "p2", "p3", "p4", "p5")
+OPTIONAL_FIGURES = ("gpu",)  # run only when named: needs a GPU
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,14 @@ class BenchOptions:
     p5_warmup: int = 1
     model: Path | None = None  # P4/P5 package; default: the demo package or a builder one
     keep: Path | None = None  # keep the work folder (packages, logs) here
+    gpu_libdlr: Path | None = None  # G: the CUDA build of libdlr.so for the GPU packages
+    gpu_networks: tuple[NetworkChoice, ...] = ("reference",)
+    gpu_size: int = 1000
+    gpu_rounds: int = 8
+    gpu_batch: int = 64
+    gpu_window: int = 16
+    gpu_prep_count: int = 40
+    serve_args: tuple[str, ...] = ()  # extra `lfv-edge serve` arguments for G
 
     @classmethod
     def quick(cls, threads: int, **changes: Any) -> BenchOptions:  # noqa: ANN401 - dataclass fields
@@ -83,6 +95,10 @@ class BenchOptions:
             "p4_burst": 40,
             "p5_repetitions": 1,
             "p5_warmup": 0,
+            "gpu_rounds": 1,
+            "gpu_batch": 12,
+            "gpu_window": 6,
+            "gpu_prep_count": 6,
         }
         values.update(changes)
         return cls(**values)
@@ -119,6 +135,11 @@ def run_bench(
             "p4_requests": options.p4_requests,
             "p4_burst": options.p4_burst,
             "p5_repetitions": options.p5_repetitions,
+            "gpu_networks": list(options.gpu_networks),
+            "gpu_rounds": options.gpu_rounds,
+            "gpu_batch": options.gpu_batch,
+            "gpu_window": options.gpu_window,
+            "serve_args": list(options.serve_args),
         },
     }
     work = Path(tempfile.mkdtemp(prefix="lfv-edge-bench-"))
@@ -129,13 +150,15 @@ def run_bench(
             report["p1"] = preprocessing.measure_preprocessing(
                 repetitions=options.p1_repetitions, warmup=options.p1_warmup
             ).to_dict()
-        needs_broker = {"p2", "p3", "p4", "p5"} & set(options.figures)
+        needs_broker = {"p2", "p3", "p4", "p5", "gpu"} & set(options.figures)
         if needs_broker:
             broker = Mosquitto(work)
             jpeg1080, jpeg1000, frame1000, image = _kinds(work)
             _broker_figures(
                 options, report, work, broker, image, (jpeg1080, jpeg1000, frame1000), progress
             )
+            if "gpu" in options.figures:
+                report["gpu"] = _gpu_figures(options, work, broker, image, jpeg1080, progress)
             if "p3" in options.figures:
                 primary = build_package(work, options.p2_networks[0], 1000)
                 report["p3"] = []
@@ -197,6 +220,42 @@ def _broker_figures(
             batch=options.p2_batch,
         )  # fmt: skip
         report["p2"].append(figures.to_dict())
+
+
+def _gpu_figures(
+    options: BenchOptions,
+    work: Path,
+    broker: Mosquitto,
+    image: Path,
+    jpeg1080: RequestKind,
+    progress: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """G for each of `gpu_networks`: 1080p JPEGs, raw 1080p frames, raw model-size frames."""
+    if options.gpu_libdlr is None:
+        msg = "figure gpu needs a CUDA build of libdlr.so (--gpu-libdlr or $LFV_EDGE_GPU_LIBDLR)"
+        raise LfvEdgeError(msg)
+    side = options.gpu_size
+    kinds = (
+        jpeg1080,
+        frame_request("frame1080", "1920×1080 rgb8 Frame", photo_rgb(FULL_HD)),
+        frame_request(f"frame{side}", f"{side}×{side} rgb8 Frame (model size)",
+                      photo_rgb((side, side), seed=12)),
+    )  # fmt: skip
+    figures = []
+    for network in options.gpu_networks:
+        progress(f"G GPU serving, {network} network: building the CPU and GPU packages")
+        cpu_package = build_package(work, network, side)
+        gpu_package = build_package(work, network, side, target="cuda", libdlr=options.gpu_libdlr)
+        progress(f"G GPU serving, {network} network: {', '.join(k.name for k in kinds)}")
+        figures.append(
+            gpu.measure_gpu(
+                f"builder '{network}' network, {side}×{side} input", cpu_package, gpu_package,
+                kinds, broker, work, image, threads=options.threads, rounds=options.gpu_rounds,
+                batch=options.gpu_batch, window=options.gpu_window,
+                prep_count=options.gpu_prep_count, serve_args=options.serve_args,
+            ).to_dict()
+        )  # fmt: skip
+    return figures
 
 
 def _footprint_package(options: BenchOptions, work: Path) -> tuple[Path, str]:

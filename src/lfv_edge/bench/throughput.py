@@ -43,8 +43,8 @@ class ServedEndpoint:
     def next_id(self) -> str:
         return f"{self.serve.prefix}-{next(self._ids)}"
 
-    def rate(self, count: int, kind: RequestKind) -> tuple[float, float]:
-        """Steady-state replies per second with WINDOW in flight; CPU ms of serve per request."""
+    def rate(self, count: int, kind: RequestKind, window: int = WINDOW) -> tuple[float, float]:
+        """Steady-state replies per second with `window` in flight; CPU ms of serve per request."""
         cpu = self.serve.cpu_s()
         ids: list[str] = []
 
@@ -53,11 +53,11 @@ class ServedEndpoint:
             ids.append(request_id)
             self.client.publish(request_id, kind.payload(request_id))
 
-        for _ in range(min(WINDOW, count)):
+        for _ in range(min(window, count)):
             send()
         replies = self.client.replies
         while len(ids) < count:
-            answered = len(ids) - WINDOW + 1
+            answered = len(ids) - window + 1
 
             def enough(n: int = answered) -> bool:
                 return sum(i in replies for i in ids) >= n
@@ -71,7 +71,7 @@ class ServedEndpoint:
         cpu_ms = (self.serve.cpu_s() - cpu) * 1000.0 / len(ids)
         times = sorted(replies[i].arrived for i in ids)
         # The first replies include filling the pipeline; keep at least two thirds of them.
-        skip = min(WINDOW, max(len(times) // 3, 1))
+        skip = min(window, max(len(times) // 3, 1))
         return (len(times) - skip - 1) / (times[-1] - times[skip]), cpu_ms
 
     def paced(self, count: int, rate_per_s: float, kind: RequestKind) -> list[float]:

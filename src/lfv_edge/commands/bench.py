@@ -9,10 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lfv_edge.commands import Subparsers
 
+if TYPE_CHECKING:
+    from lfv_edge.bench import BenchOptions
+
 _FIGURES = ("p1", "p2", "p3", "p4", "p5")
+_OPTIONAL = ("gpu",)  # only when named: needs an NVIDIA GPU, nvcc and a CUDA libdlr.so
 
 
 def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
@@ -27,7 +32,8 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--only",
         metavar="P1,P2,…",
-        help=f"comma-separated figures to run (default: all of {','.join(_FIGURES).upper()})",
+        help=f"comma-separated figures to run (default: all of {','.join(_FIGURES).upper()}; "
+        "GPU runs only when named)",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("bench-results.json"), metavar="FILE", help="JSON report"
@@ -51,6 +57,23 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
         help="builder networks for P2 (comma-separated; default reference,bench; first is P3's)",
     )
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep packages and serve logs")
+    gpu = parser.add_argument_group("figure GPU (serving a GPU package)")
+    gpu.add_argument(
+        "--gpu-libdlr",
+        type=Path,
+        metavar="LIB",
+        help="CUDA build of libdlr.so for the GPU packages (default: $LFV_EDGE_GPU_LIBDLR)",
+    )
+    gpu.add_argument(
+        "--gpu-networks", metavar="NAMES", help="builder networks (default: reference)"
+    )
+    gpu.add_argument("--gpu-size", type=int, help="model input side (default 1000)")
+    gpu.add_argument("--window", type=int, help="requests in flight (default 16)")
+    gpu.add_argument(
+        "--serve-args",
+        metavar="ARGS",
+        help='extra `lfv-edge serve` arguments, one string (e.g. "--prepare-workers 8")',
+    )
     parser.set_defaults(handler=run)
 
 
@@ -60,11 +83,41 @@ def _figures(value: str | None) -> tuple[str, ...]:
     if not value:
         return _FIGURES
     chosen = tuple(part.strip().lower() for part in value.split(",") if part.strip())
-    unknown = [part for part in chosen if part not in _FIGURES]
+    unknown = [part for part in chosen if part not in _FIGURES + _OPTIONAL]
     if unknown or not chosen:
-        msg = f"--only: unknown figure(s) {unknown} (known: {', '.join(_FIGURES).upper()})"
+        known = ", ".join(_FIGURES + _OPTIONAL).upper()
+        msg = f"--only: unknown figure(s) {unknown} (known: {known})"
         raise ConfigError(msg)
     return chosen
+
+
+def _gpu_options(args: argparse.Namespace, options: BenchOptions) -> BenchOptions:
+    import os
+    import shlex
+    from dataclasses import replace
+
+    from lfv_edge.errors import ConfigError
+
+    library = args.gpu_libdlr or os.environ.get("LFV_EDGE_GPU_LIBDLR")
+    changes: dict[str, object] = {"gpu_libdlr": Path(library) if library else None}
+    if args.gpu_networks:
+        networks = tuple(n.strip() for n in args.gpu_networks.split(",") if n.strip())
+        if not networks or any(n not in ("reference", "bench") for n in networks):
+            msg = f"--gpu-networks: expected reference and/or bench, got {args.gpu_networks!r}"
+            raise ConfigError(msg)
+        changes["gpu_networks"] = networks
+    for flag, value, name in (
+        ("--gpu-size", args.gpu_size, "gpu_size"),
+        ("--window", args.window, "gpu_window"),
+    ):
+        if value is not None:
+            if value < 1:
+                msg = f"{flag}: expected a positive number, got {value}"
+                raise ConfigError(msg)
+            changes[name] = value
+    if args.serve_args:
+        changes["serve_args"] = tuple(shlex.split(args.serve_args))
+    return replace(options, **changes)  # type: ignore[arg-type]  # checked field by field above
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     threads = serving_tvm_threads(args.threads)
     options = BenchOptions.quick(threads) if args.quick else BenchOptions(threads=threads)
     options = replace(options, figures=_figures(args.only), model=args.model, keep=args.keep)
+    options = _gpu_options(args, options)
     if args.networks:
         networks = tuple(n.strip() for n in args.networks.split(",") if n.strip())
         if not networks or any(n not in ("reference", "bench") for n in networks):
