@@ -1,7 +1,7 @@
 """`lfv-edge config`: check a configuration file, or list every configuration key.
 
-    lfv-edge config check serve.json     # exit 0 and a summary, or exit 2 naming the key path
-    lfv-edge config keys                 # the table of keys, defaults, flags and meanings
+lfv-edge config check serve.json     # exit 0 and a summary, or exit 2 naming the key path
+lfv-edge config keys                 # the table of keys, defaults, flags and meanings
 """
 
 from __future__ import annotations
