@@ -1,4 +1,12 @@
-"""Fixtures shared by the whole suite.
+"""Fixtures shared by the whole suite, and the tiers every test is sorted into.
+
+Tiers (markers, applied here at collection, so no test file has to remember them):
+
+* `broker`: starts a local mosquitto (the tests use the `broker`/`tls_broker` fixtures, or
+  their folder runs serve against one: mqtt/, reliability/);
+* `dlr`: needs the real CPU `libdlr.so` (tests that reach the `cpu_libdlr` fixture, e.g.
+  through `make_package`, and the folders whose tests run models in child processes);
+* neither: the fast tier, `scripts/test --fast` (`-m "not dlr and not broker"`).
 
 The real CPU `libdlr.so` must be installed (scripts/setup does it): a missing runtime is a
 test failure, never a silent skip. Every test gets its own package cache folder.
@@ -16,6 +24,33 @@ from lfv_edge.model.archive import CACHE_DIR_ENV
 from lfv_edge.model.runner import configure_threads
 from lfv_edge.modelbuild.compile import compile_kernels
 from lfv_edge.modelbuild.package import PackageSpec, build_lfv_package
+
+# Folders whose every test needs a tier (their tests run `lfv-edge` or models in child
+# processes, where no fixture shows it). Other tests get a tier from the fixtures they use.
+FOLDER_TIERS: dict[str, tuple[str, ...]] = {
+    "mqtt": ("broker", "dlr"),
+    "reliability": ("broker", "dlr"),
+    "agent": ("dlr",),
+    "cli": ("dlr",),
+    "modelbuild": ("dlr",),
+}
+FIXTURE_TIERS: dict[str, tuple[str, ...]] = {
+    "broker": ("broker",),
+    "tls_broker": ("broker",),
+    "cpu_libdlr": ("dlr",),
+}
+_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Sort every test into its tiers (see the module docstring)."""
+    for item in items:
+        folder = Path(item.path).resolve().relative_to(_TESTS).parts[0]
+        tiers = set(FOLDER_TIERS.get(folder, ()))
+        for name in getattr(item, "fixturenames", ()):
+            tiers.update(FIXTURE_TIERS.get(name, ()))
+        for tier in sorted(tiers):
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

@@ -21,17 +21,9 @@ from lfv_edge.commands import (
     register_all,
 )
 from lfv_edge.errors import ConfigError, LfvEdgeError, ModelPackageError
+from lfv_edge.service.process import install_logging
 
 logger = logging.getLogger(__name__)
-
-
-def _configure_logging(level: str) -> None:
-    root = logging.getLogger()
-    root.handlers.clear()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level.upper())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lfv-edge` command; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.log_level)
+    install_logging(args.log_level)
     try:
         code: int = args.handler(args)
     except ConfigError as exc:

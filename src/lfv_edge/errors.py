@@ -21,7 +21,15 @@ class LfvEdgeError(Exception):
 
 
 class ConfigError(LfvEdgeError):
-    """A configuration value is missing, unknown or of the wrong type."""
+    """A configuration value is missing, unknown or of the wrong type.
+
+    `key` is the key path the error is about (`queue.size`, `mqtt.qos`), when there is one:
+    tools and the Greengrass validation answer can point at it without parsing the text.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class ModelPackageError(LfvEdgeError):

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from lfv_edge.agent import edge_agent_pb2_grpc as pb2_grpc
-from lfv_edge.agent.registry import Loader, ModelRegistry, ModelStatus, package_loader
+from lfv_edge.agent.registry import Loader, ModelRegistry, ModelStatus
 from lfv_edge.agent.server import AgentServer, OnVerdict
 from lfv_edge.inspection.pipeline import Inspector
 from lfv_edge.modelbuild.networks import red_mean_for_probability
 from lfv_edge.modelbuild.package import PackageSpec
+from lfv_edge.service.wiring import model_loader
 from tests.conftest import PackageFactory
 from tests.gated import GatedRunner
 from tests.imagefiles import solid_rgb
@@ -85,7 +86,7 @@ class AgentFactory:
         name: str = "agent.sock",
     ) -> AgentServer:
         registry = ModelRegistry(
-            models, loader=loader or package_loader(device="cpu"), max_pending=max_pending
+            models, loader=loader or model_loader(None, device="cpu"), max_pending=max_pending
         )
         server = AgentServer(
             registry,
@@ -124,7 +125,7 @@ class GatedLoader:
     """Loads packages for real and puts each model's runner behind a `GatedRunner`."""
 
     def __init__(self, *, open_gate: bool = False) -> None:
-        self._load = package_loader(device="cpu")
+        self._load = model_loader(None, device="cpu")
         self.runners: dict[Path, GatedRunner] = {}
         self.open_gate = open_gate
 

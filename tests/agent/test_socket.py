@@ -12,9 +12,10 @@ import grpc
 import pytest
 
 from lfv_edge.agent import edge_agent_pb2 as pb2
-from lfv_edge.agent.registry import ModelRegistry, package_loader
+from lfv_edge.agent.registry import ModelRegistry
 from lfv_edge.agent.server import AgentServer, SocketInUseError, socket_path
 from lfv_edge.errors import ConfigError
+from lfv_edge.service.wiring import model_loader
 from tests.agent.conftest import WAIT_S, AgentFactory, GatedLoader, make_stub, red_image
 
 
@@ -46,7 +47,7 @@ def test_default_mode_is_0660(agent: AgentFactory, classifier: Path) -> None:
 def test_a_live_server_on_the_path_is_refused(agent: AgentFactory, classifier: Path) -> None:
     # given a running agent
     first = agent({"parts": classifier})
-    registry = ModelRegistry({"other": classifier}, loader=package_loader(), max_pending=1)
+    registry = ModelRegistry({"other": classifier}, loader=model_loader(None), max_pending=1)
     second = AgentServer(registry, socket=f"unix://{first.socket_path}")
     # when
     with pytest.raises(SocketInUseError) as caught:
@@ -77,7 +78,7 @@ def test_a_regular_file_at_the_path_is_left_alone(classifier: Path, socket_dir: 
     # given
     path = socket_dir / "agent.sock"
     path.write_text("not a socket")
-    registry = ModelRegistry({"parts": classifier}, loader=package_loader(), max_pending=1)
+    registry = ModelRegistry({"parts": classifier}, loader=model_loader(None), max_pending=1)
     server = AgentServer(registry, socket=f"unix://{path}")
     # when
     with pytest.raises(SocketInUseError) as caught:

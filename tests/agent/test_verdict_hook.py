@@ -10,7 +10,7 @@ import pytest
 
 from lfv_edge.agent import edge_agent_pb2 as pb2
 from lfv_edge.agent.server import CallSummary, verdict_publisher
-from lfv_edge.inspection.postprocess import Verdict
+from lfv_edge.inspection.pipeline import Inspection
 from lfv_edge.transports.memory import MemoryTransport
 from tests.agent.conftest import AgentFactory, defect_image, red_image
 
@@ -56,7 +56,7 @@ def test_a_failing_hook_does_not_fail_the_call(agent: AgentFactory, classifier: 
     # given a hook that raises, and one that records
     seen: list[tuple[str, CallSummary]] = []
 
-    def hook(model: str, summary: CallSummary, verdict: Verdict) -> None:
+    def hook(model: str, summary: CallSummary, inspection: Inspection) -> None:
         seen.append((model, summary))
         raise RuntimeError("transport down")
 

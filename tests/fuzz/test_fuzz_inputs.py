@@ -28,7 +28,7 @@ from lfv_edge.model.tvm_params import ParamsFormatError, decode_params, encode_p
 from lfv_edge.service.config import parse_config, read_config_file
 from lfv_edge.service.messages import ERROR_CODES, parse_request, request_id_of
 from tests.fuzz.conftest import CASES
-from tests.test_manifest import REAL_MANIFEST
+from tests.model.test_manifest import REAL_MANIFEST
 
 ROOTS = (Path("/tmp/lfv-fuzz-root-that-does-not-exist"),)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 from collections.abc import Callable
 
 import pytest
@@ -72,11 +74,28 @@ def test_verification_is_on_by_default(
     config = parse_config({"model": {"path": "unused"}, "mqtt": mqtt}, {})
     assert config.mqtt is not None
     transport = MqttTransport.from_config(config.mqtt)
-    # when it starts
-    with pytest.raises(TransportError, match="not trusted") as refused:
-        transport.start(lambda message: None, lambda reason: None)
+    gc.disable()  # a leaked socket must not be hidden by the collector closing it
+    try:
+        before = _open_sockets()
+        # when it starts
+        with pytest.raises(TransportError, match="not trusted") as refused:
+            transport.start(lambda message: None, lambda reason: None)
+        after = _open_sockets()
+    finally:
+        gc.enable()
     # then it refuses the broker instead of talking to it
     assert "certificate" in str(refused.value).split("not trusted:")[1], (
         f"OpenSSL's reason is given: {refused.value}"
     )
     assert not transport.connected, "no connection was made"
+    assert after == before, "the socket of the failed handshake is closed, not left to the GC"
+
+
+def _open_sockets() -> int:
+    count = 0
+    for name in os.listdir("/proc/self/fd"):  # noqa: PTH208 - names, not Paths
+        try:
+            count += "socket:" in os.readlink(f"/proc/self/fd/{name}")  # noqa: PTH115
+        except FileNotFoundError:  # the listing's own descriptor, closed by now
+            continue
+    return count

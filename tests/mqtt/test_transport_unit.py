@@ -31,7 +31,6 @@ class Info:
 class FakeClient:
     """Records what the transport asks of paho; tests play the network thread's callbacks."""
 
-    _client_id: bytes = b"unit"
     published: list[tuple[str, bytes, int, bool, Any]] = field(default_factory=list)
     acks: list[tuple[int, int]] = field(default_factory=list)
     subscriptions: list[str] = field(default_factory=list)
@@ -114,7 +113,7 @@ class Harness:
 @pytest.fixture
 def harness() -> Harness:
     client = FakeClient()
-    transport = MqttTransport(client, CONFIG)  # type: ignore[arg-type]
+    transport = MqttTransport(client, CONFIG, client_id="unit")  # type: ignore[arg-type]
     made = Harness(client, transport)
     transport.start(made.received.append, made.fatal.append)
     made.connect(session_present=False)

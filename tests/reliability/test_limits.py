@@ -1,7 +1,7 @@
 """Every resource limit refuses with its documented code, through a running service.
 
 Each request breaks one limit; the service answers each with the limit's code and then still
-serves a good request. (Zip limits: tests/test_archive.py; the queue bound: test_service.py.)
+serves a good request. (Zip limits: tests/model/test_archive.py; the queue bound: tests/service/test_service.py.)
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from lfv_edge.modelbuild.package import PackageSpec
 from tests.conftest import PackageFactory
 from tests.reliability.drill import DrillResult, broker_outage, service_kill
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

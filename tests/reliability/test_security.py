@@ -29,8 +29,6 @@ from tests.agent.conftest import make_stub, red_image
 from tests.conftest import PackageFactory
 from tests.mqtt.conftest import WAIT_S, Broker, Peer, body_request, free_port, jpeg, red_rgb
 
-pytestmark = pytest.mark.broker
-
 GUARD = r"""
 import os, socket, sys
 port = int(os.environ["GUARD_BROKER_PORT"])

@@ -32,15 +32,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lfv_edge.errors import LfvEdgeError
-from lfv_edge.inspection.imaging import SizeLimits
 from lfv_edge.inspection.pipeline import Inspection, Inspector, Prepared
 from lfv_edge.inspection.preprocess import Preprocessor
-from lfv_edge.model.device import DeviceRequest
-from lfv_edge.model.package import read_model_package
 
 logger = logging.getLogger(__name__)
 
-Loader = Callable[[Path], Inspector]  # package path → a loaded inspector (the test seam)
+# package path → a loaded inspector: service.wiring.model_loader, or a test's own
+Loader = Callable[[Path], Inspector]
 
 
 class ModelStatus(enum.IntEnum):
@@ -80,29 +78,6 @@ class ModelInfo:
     arn: str = ""  # LFV's lookout_vision_model_arn: not in a package, so empty
     package_name: str = ""  # from the package once loaded (kept after a stop)
     package_version: str = ""
-
-
-def package_loader(
-    *,
-    device: DeviceRequest = "auto",
-    threads: int | None = None,
-    limits: SizeLimits = SizeLimits(),  # noqa: B008 - frozen value
-    colors: Mapping[str, str] | None = None,
-    probe: bool = False,
-) -> Loader:
-    """The real loader: read and check the package, then load it into DLR.
-
-    With `probe`, each package is first loaded and run once in a child process (probe.py), so
-    a package that crashes DLR fails to start instead of taking the agent down.
-    """
-
-    def load(path: Path) -> Inspector:
-        package = read_model_package(path)
-        return Inspector.load(
-            package, device=device, threads=threads, limits=limits, colors=colors, probe=probe
-        )
-
-    return load
 
 
 @dataclass(slots=True)

@@ -19,14 +19,13 @@ embedding process publish each gRPC verdict too (`verdict_publisher`).
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,15 +48,13 @@ from lfv_edge.agent.registry import (
 from lfv_edge.agent.shm import ShmRegion, map_image, write_region
 from lfv_edge.errors import ConfigError, InferenceError, InputError, LfvEdgeError, TransportError
 from lfv_edge.inspection.imaging import SizeLimits, check_size
-from lfv_edge.inspection.pipeline import Timings
-from lfv_edge.inspection.postprocess import Verdict
-from lfv_edge.service.config import AgentConfig
-from lfv_edge.service.messages import SCHEMA_VERSION, utc_timestamp
+from lfv_edge.inspection.pipeline import Inspection, Timings
+from lfv_edge.service.config import DEFAULT_AGENT_SOCKET, AgentConfig, Device, ServiceConfig
+from lfv_edge.service.messages import SCHEMA_VERSION, ModelIdentity, encode_verdict
 from lfv_edge.service.ports import ReplyRoute, Transport
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SOCKET = "unix:///tmp/aws.iot.lookoutvision.EdgeAgent.sock"  # the LFV agent's default
 MAX_SOCKET_PATH = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
 # A 4096 × 4096 RGB888 bitmap inline is 48 MiB; gRPC's default limit is 4 MiB.
 MAX_MESSAGE_BYTES = 4096 * 4096 * 3 + (1 << 16)
@@ -89,7 +86,7 @@ class CallSummary:
 
 # The generated module is untyped; this is the one function of it the server calls.
 _add_servicer: Callable[[object, grpc.Server], None] = pb2_grpc.add_EdgeAgentServicer_to_server
-OnVerdict = Callable[[str, CallSummary, Verdict], None]  # runs on the gRPC thread: keep it quick
+OnVerdict = Callable[[str, CallSummary, Inspection], None]  # runs on the gRPC thread: keep it quick
 
 
 def socket_path(target: str) -> Path:
@@ -316,7 +313,7 @@ class EdgeAgentServicer:
                 info.package_version,
             )
             try:
-                self.on_verdict(name, summary, verdict)
+                self.on_verdict(name, summary, inspection)
             except Exception:  # a failing hook must not fail the client's call
                 logger.exception("on_verdict hook failed for model %s", name)
         return pb2.DetectAnomaliesResponse(detect_anomaly_result=result)
@@ -367,7 +364,7 @@ class AgentServer:
         self,
         registry: ModelRegistry,
         *,
-        socket: str = DEFAULT_SOCKET,
+        socket: str = DEFAULT_AGENT_SOCKET,
         socket_mode: int = 0o660,
         limits: SizeLimits = SizeLimits(),  # noqa: B008 - frozen value
         on_verdict: OnVerdict | None = None,
@@ -402,13 +399,10 @@ class AgentServer:
         loader: Loader,
         limits: SizeLimits = SizeLimits(),  # noqa: B008 - frozen value
         on_verdict: OnVerdict | None = None,
-        models: Mapping[str, Path] | None = None,
     ) -> AgentServer:
-        """An agent for the `agent` configuration section (`models` replaces its models)."""
+        """An agent for the `agent` configuration section with the given model loader."""
         registry = ModelRegistry(
-            models if models is not None else config.models,
-            loader=loader,
-            max_pending=config.max_pending_per_model,
+            config.models, loader=loader, max_pending=config.max_pending_per_model
         )
         return cls(
             registry,
@@ -417,6 +411,25 @@ class AgentServer:
             limits=limits,
             on_verdict=on_verdict,
             start_models=config.start_models,
+        )
+
+    @classmethod
+    def from_service_config(
+        cls,
+        config: ServiceConfig,
+        *,
+        on_verdict: OnVerdict | None = None,
+        device: Device | None = None,
+        threads: int | None = None,
+    ) -> AgentServer:
+        """The agent of a whole configuration: its `agent` section, models loaded with the
+        `model` section's settings (`device`/`threads` override them) and the `limits`."""
+        from lfv_edge.service.wiring import model_loader, size_limits
+
+        agent = config.agent or AgentConfig()
+        loader = model_loader(config.model, config.limits, device=device, threads=threads)
+        return cls.from_config(
+            agent, loader=loader, limits=size_limits(config.limits), on_verdict=on_verdict
         )
 
     def start(self) -> None:
@@ -503,21 +516,19 @@ def verdict_publisher(transport: Transport, topic: str, *, include_mask: bool = 
     never raised into the gRPC call.
     """
 
-    def publish(model_component: str, summary: CallSummary, verdict: Verdict) -> None:
-        body: dict[str, object] = {
-            "SchemaVersion": SCHEMA_VERSION,
-            "RequestId": None,
-            "Source": "EdgeAgent",
-            "ModelComponent": model_component,
-            "DetectAnomalyResult": verdict.to_lfv(include_mask=include_mask),
-            "Model": {"Name": summary.model_name, "Version": summary.model_version},
-            "Threshold": verdict.threshold,
-            "Score": verdict.score,
-            "ImageSize": {"Width": summary.width, "Height": summary.height},
-            "Timestamp": utc_timestamp(),
-            "TimingsMs": summary.timings.to_dict(),
-        }
-        payload = json.dumps(body, separators=(",", ":")).encode()
+    def publish(model_component: str, summary: CallSummary, inspection: Inspection) -> None:
+        payload = encode_verdict(
+            inspection,
+            ModelIdentity(summary.model_name, summary.model_version),
+            head={
+                "SchemaVersion": SCHEMA_VERSION,
+                "RequestId": None,
+                "Source": "EdgeAgent",
+                "ModelComponent": model_component,
+            },
+            tail={"ImageSize": {"Width": summary.width, "Height": summary.height}},
+            include_mask=include_mask,
+        )
         try:
             transport.publish(ReplyRoute(topic, transport.name, "agent"), payload)
         except TransportError as exc:

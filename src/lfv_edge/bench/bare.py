@@ -14,15 +14,17 @@ import sys
 import time
 from pathlib import Path
 
-from lfv_edge.inspection.pipeline import EncodedImage, Inspector
-from lfv_edge.model.device import DeviceRequest
-from lfv_edge.model.package import read_model_package
+from lfv_edge.inspection.pipeline import EncodedImage
+from lfv_edge.model.device import Device
+from lfv_edge.service.config import ModelConfig
+from lfv_edge.service.wiring import load_inspector
 
 
 def main(argv: list[str]) -> int:
     package, threads, image = Path(argv[0]), int(argv[1]), Path(argv[2])
-    device: DeviceRequest = "gpu" if argv[3:4] == ["gpu"] else "cpu"
-    inspector = Inspector.load(read_model_package(package), device=device, threads=threads)
+    device: Device = "gpu" if argv[3:4] == ["gpu"] else "cpu"
+    # The serving thread policy with the bench's TVM thread count, as `serve` runs it.
+    inspector = load_inspector(ModelConfig(path=package, device=device, threads=threads))
     tensor = inspector.prepare(EncodedImage(image.read_bytes())).tensor
     warmup = []
     for _ in range(5):

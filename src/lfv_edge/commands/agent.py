@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 
 from lfv_edge.commands import Subparsers
 from lfv_edge.errors import ConfigError
-from lfv_edge.service.config import AgentConfig, ServiceConfig, read_config_file
+from lfv_edge.service.config import (
+    DEFAULT_AGENT_SOCKET,
+    AgentConfig,
+    ServiceConfig,
+    read_config_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +40,7 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument(
         "--socket",
-        help="unix:///path or a path (default: the agent section's, else "
-        "unix:///tmp/aws.iot.lookoutvision.EdgeAgent.sock)",
+        help=f"unix:///path or a path (default: the agent section's, else {DEFAULT_AGENT_SOCKET})",
     )
     parser.add_argument(
         "--model",
@@ -94,38 +96,20 @@ def agent_settings(args: argparse.Namespace) -> tuple[ServiceConfig | None, Agen
 
 def run_agent(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code."""
-    from lfv_edge.agent.registry import package_loader
     from lfv_edge.agent.server import AgentServer
-    from lfv_edge.inspection.imaging import SizeLimits
+    from lfv_edge.service.process import on_stop_signals
+    from lfv_edge.service.wiring import serving_threads
 
     service, agent = agent_settings(args)
-    model = service.model if service is not None else None
-    limits = SizeLimits()
-    if service is not None:
-        limits = SizeLimits(
-            min_side=service.limits.min_image_side, max_side=service.limits.max_image_side
-        )
-    loader = package_loader(
-        device=args.device or (model.device if model is not None else "auto"),
-        threads=args.threads or (model.threads if model is not None else None),
-        colors=model.colors if model is not None else None,
-        limits=limits,
-        probe=model.probe if model is not None else False,
-    )
-    server = AgentServer.from_config(agent, loader=loader, limits=limits)
+    config = replace(service or ServiceConfig(), agent=agent)
+    threads = serving_threads(args.threads or (config.model.threads if config.model else None))
+    server = AgentServer.from_service_config(config, device=args.device, threads=threads)
     stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info("signal %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        server.start()
-        print(f"lfv-edge agent: serving on unix://{server.socket_path}", flush=True)
-        stop.wait()
-    finally:
-        server.stop(STOP_GRACE_S)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with on_stop_signals(lambda _name: stop.set()):
+        try:
+            server.start()
+            print(f"lfv-edge agent: serving on unix://{server.socket_path}", flush=True)
+            stop.wait()
+        finally:
+            server.stop(STOP_GRACE_S)
     return 0

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from lfv_edge.bench.report import format_table
     from lfv_edge.bench.suite import write_report
     from lfv_edge.errors import ConfigError
-    from lfv_edge.inspection.pipeline import serving_tvm_threads
+    from lfv_edge.service.wiring import serving_tvm_threads
 
     threads = serving_tvm_threads(args.threads)
     options = BenchOptions.quick(threads) if args.quick else BenchOptions(threads=threads)

@@ -45,16 +45,22 @@ def _run(args: argparse.Namespace) -> int:
     from lfv_edge.errors import ConfigError
     from lfv_edge.inspection.imaging import encode_png
     from lfv_edge.inspection.overlay import contact_sheet, render_overlay
-    from lfv_edge.inspection.pipeline import Inspector, RawFrame
-    from lfv_edge.model.package import read_model_package
+    from lfv_edge.inspection.pipeline import RawFrame
+    from lfv_edge.service.config import ModelConfig
+    from lfv_edge.service.wiring import load_inspector
 
     if not 1 <= args.count <= 500:
         raise ConfigError(f"--count must be between 1 and 500, got {args.count}")
     if not 64 <= args.size <= 4096:
         raise ConfigError(f"--size must be between 64 and 4096, got {args.size}")
     started = time.perf_counter()
-    package = read_model_package(Path(args.model) if args.model else embedded_package())
-    inspector = Inspector.load(package, device=args.device, colors=DEMO_COLORS)
+    settings = ModelConfig(
+        path=Path(args.model) if args.model else embedded_package(),
+        device=args.device,
+        colors=DEMO_COLORS,
+    )
+    inspector = load_inspector(settings, serving=False)
+    package = inspector.package
     out = Path(args.out)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)

@@ -102,21 +102,24 @@ class _Progress:
 
 def _run(args: argparse.Namespace) -> int:
     from lfv_edge.demo.embedded import embedded_package
-    from lfv_edge.inspection.pipeline import ImageFile, Inspector
-    from lfv_edge.model.package import read_model_package
+    from lfv_edge.inspection.pipeline import ImageFile
+    from lfv_edge.service.config import ModelConfig
+    from lfv_edge.service.messages import ModelIdentity, encode_verdict
+    from lfv_edge.service.wiring import load_inspector
 
-    model = Path(args.model) if args.model else embedded_package()
-    package = read_model_package(model)
-    inspector = Inspector.load(
-        package,
+    settings = ModelConfig(
+        path=Path(args.model) if args.model else embedded_package(),
         device=args.device,
         threads=args.threads,
         colors=_parse_colors(args.colors),
-        threshold=args.threshold,
+        threshold_override=args.threshold,
         probe=args.probe,
     )
+    inspector = load_inspector(settings, serving=False)
+    identity = ModelIdentity(inspector.package.name, inspector.package.version)
     choice = inspector.device
-    print(f"lfv-edge: device {choice.device} ({choice.reason})", file=sys.stderr, flush=True)
+    if choice.device == "gpu":  # the CPU is the quiet default; running on the GPU says why
+        print(f"lfv-edge: device gpu ({choice.reason})", file=sys.stderr, flush=True)
     images = list(_iter_images(args.images))
     progress = _Progress(len(images), sys.stderr)
     mask_dir = Path(args.mask_dir) if args.mask_dir else None
@@ -124,27 +127,30 @@ def _run(args: argparse.Namespace) -> int:
         mask_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
     for image in images:
-        line: dict[str, object] = {"Image": image}
         try:
             inspection = inspector.inspect(ImageFile(Path(image)))
         except InputError as exc:
             failures += 1
-            line["Error"] = {"Code": exc.code, "Message": str(exc)}
+            error = {"Image": image, "Error": {"Code": exc.code, "Message": str(exc)}}
+            line = json.dumps(error, separators=(",", ":")).encode()
         else:
-            verdict = inspection.verdict
-            line["DetectAnomalyResult"] = verdict.to_lfv(include_mask=not args.no_mask)
-            line["Model"] = {"Name": package.name, "Version": package.version}
-            line["Threshold"] = verdict.threshold
-            line["Score"] = verdict.score
-            line["TimingsMs"] = inspection.timings.to_dict()
-            if mask_dir is not None and verdict.mask is not None:
+            tail: dict[str, object] = {}
+            rgb = inspection.verdict.mask_rgb() if mask_dir is not None else None
+            if mask_dir is not None and rgb is not None:
                 from lfv_edge.inspection.imaging import encode_png
 
-                rgb = verdict.mask_rgb()
-                if rgb is not None:
-                    target = mask_dir / (Path(image).stem + ".mask.png")
-                    target.write_bytes(encode_png(rgb))
-                    line["MaskFile"] = str(target)
-        print(json.dumps(line), flush=True)
+                target = mask_dir / (Path(image).stem + ".mask.png")
+                target.write_bytes(encode_png(rgb))
+                tail["MaskFile"] = str(target)
+            line = encode_verdict(
+                inspection,
+                identity,
+                head={"Image": image},
+                tail=tail,
+                include_mask=not args.no_mask,
+                timestamp=False,
+            )
+        sys.stdout.buffer.write(line + b"\n")
+        sys.stdout.flush()
         progress.step()
     return EXIT_FAILURE if failures else EXIT_OK

@@ -23,21 +23,16 @@ import dataclasses
 import logging
 import os
 import queue
-import signal
-import sys
 import threading
 import time
 from collections.abc import Mapping
-from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
 from lfv_edge.errors import ConfigError, LfvEdgeError, TransportError
-from lfv_edge.service.config import LimitsConfig, ModelConfig, ServiceConfig
+from lfv_edge.service.config import ServiceConfig
 
 if TYPE_CHECKING:  # the real imports happen in the handler: `lfv-edge --help` stays instant
-    from lfv_edge.inspection.imaging import SizeLimits
-    from lfv_edge.inspection.pipeline import Inspector
-    from lfv_edge.service.core import Service, ServiceSettings
+    from lfv_edge.service.core import Service
     from lfv_edge.transports.ipc import IpcComponentConfig, IpcConnection, IpcTransport
 
 logger = logging.getLogger(__name__)
@@ -51,35 +46,12 @@ _MAX_DEBOUNCE_S = 5.0  # … but apply a never-ending trickle of changes at leas
 DRAIN_TIMEOUT_S = 10.0
 
 
-class _BelowWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.WARNING
-
-
-def install_logging(level: str) -> None:
-    """stdout for DEBUG/INFO, stderr for WARNING and above.
-
-    The nucleus logs a component's stdout at INFO and its stderr at WARN, so the split keeps
-    the levels right in the component log (it adds its own timestamps).
-    """
-    root = logging.getLogger()
-    root.handlers.clear()
-    formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
-    low = logging.StreamHandler(sys.stdout)
-    low.addFilter(_BelowWarning())
-    high = logging.StreamHandler(sys.stderr)
-    high.setLevel(logging.WARNING)
-    for handler in (low, high):
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
-    root.setLevel(level.upper())
-
-
 def run_component(*, debounce_s: float, drain_timeout_s: float) -> NoReturn:
     """The component's Run step: serve until SIGTERM or a fatal error, then exit the process."""
+    from lfv_edge.service.process import exit_now, install_logging, on_stop_signals
     from lfv_edge.transports.ipc import IpcComponentConfig, IpcConnection
 
-    install_logging(logging.getLevelName(logging.getLogger().level))
+    install_logging(logging.getLevelName(logging.getLogger().level), greengrass=True)
     environ = os.environ
     connection = IpcConnection.connect(environ)
     component = GreengrassComponent(
@@ -90,37 +62,15 @@ def run_component(*, debounce_s: float, drain_timeout_s: float) -> NoReturn:
         drain_timeout_s=drain_timeout_s,
     )
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        component.request_stop(signal.Signals(signum).name)
-
-    # Before start(): a SIGTERM while the model loads stops us as soon as we serve.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        component.start()
-        code = component.wait()
-    finally:
-        component.close()
-        connection.close()
-    # Everything is answered and closed. Skip the C++ static destructors: libdlr's TVM thread
-    # pools can still be winding down on the model thread as the process exits, and the race
-    # aborts the process ("terminate called without an active exception", SIGABRT; seen in
-    # about 1 exit in 20 on a loaded 2-core machine), which the nucleus would count as a crash.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def size_limits(limits: LimitsConfig) -> SizeLimits:
-    """`imaging.SizeLimits` for a `limits` section."""
-    from lfv_edge.inspection.imaging import SizeLimits
-
-    return SizeLimits(
-        min_side=limits.min_image_side,
-        max_side=limits.max_image_side,
-        max_encoded_bytes=limits.max_payload_bytes,
-    )
+    # Signals before start(): a SIGTERM while the model loads stops us as soon as we serve.
+    with on_stop_signals(component.request_stop):
+        try:
+            component.start()
+            code = component.wait()
+        finally:
+            component.close()
+            connection.close()
+    exit_now(code)  # everything is answered and closed
 
 
 class GreengrassComponent:
@@ -159,7 +109,7 @@ class GreengrassComponent:
             ModelPackageError: the model cannot be used (exit 3).
             TransportError: a subscription was denied or the nucleus did not answer (exit 1).
         """
-        from lfv_edge.service.core import Service
+        from lfv_edge.service.wiring import build_service, load_inspector
         from lfv_edge.transports.ipc import IpcTransport
 
         try:
@@ -169,15 +119,9 @@ class GreengrassComponent:
             model = config.model
             assert model is not None, "to_service_config requires it"  # noqa: S101
             assert config.ipc is not None, "to_service_config requires it"  # noqa: S101
-            inspector = self._load(model, config.limits)
+            inspector = load_inspector(model, config.limits, environ=self._environ)
             transport = IpcTransport(self._connection, config.ipc)
-            service = Service(
-                inspector,
-                [transport],
-                settings=self._settings(config),
-                queue_size=config.queue.size,
-                stats_interval_s=config.stats_interval_s,
-            )
+            service = build_service(config, inspector, [transport], self._environ)
             self._config, self._service, self._transport = config, service, transport
             self._component_config.watch(self._on_change)
             self._component_config.watch_validation(self._events.put)
@@ -203,35 +147,6 @@ class GreengrassComponent:
             self._connection.update_state("ERRORED")
         except TransportError as exc:
             logger.warning("could not report ERRORED: %s", exc)
-
-    def _load(self, model: ModelConfig, limits: LimitsConfig) -> Inspector:
-        from lfv_edge.inspection.pipeline import Inspector, serving_threads
-        from lfv_edge.model.package import read_model_package
-
-        package = read_model_package(model.path)
-        inspector = Inspector.load(
-            package,
-            device=model.device,
-            threads=serving_threads(model.threads, self._environ),
-            colors=model.colors,
-            threshold=model.threshold_override,
-            limits=size_limits(limits),
-            probe=model.probe,
-        )
-        logger.info("model %s %s loaded from %s", package.name, package.version, model.path)
-        return inspector
-
-    def _settings(self, config: ServiceConfig) -> ServiceSettings:
-        from lfv_edge.service.core import ServiceSettings
-        from lfv_edge.service.messages import environment_identity
-
-        return ServiceSettings(
-            image_roots=config.image_roots,
-            max_payload_bytes=config.limits.max_payload_bytes,
-            include_mask=config.results.include_mask,
-            overflow=config.queue.overflow,
-            extra_reply_fields=dict(environment_identity(self._environ)),
-        )
 
     # --- run and stop ----------------------------------------------------------------------------
 
@@ -349,7 +264,7 @@ class GreengrassComponent:
 
     def apply(self, new: ServiceConfig) -> None:
         """Apply a parsed configuration between messages; what fails keeps its old value."""
-        from lfv_edge.inspection.pipeline import Inspector
+        from lfv_edge.service.wiring import load_inspector, retune_inspector, service_settings
 
         old, service, transport = self._config, self._service, self._transport
         assert old is not None, "start() succeeded"  # noqa: S101
@@ -362,7 +277,7 @@ class GreengrassComponent:
         model, old_model = new.model, old.model
         if (model.path, model.device) != (old_model.path, old_model.device):
             try:
-                service.replace_inspector(self._load(model, new.limits))
+                service.replace_inspector(load_inspector(model, new.limits, environ=self._environ))
             except LfvEdgeError as exc:
                 logger.error("model.path %s not loaded, still serving %s: %s", model.path,
                              old_model.path, exc)  # fmt: skip
@@ -379,25 +294,15 @@ class GreengrassComponent:
             )
         ):
             # Same model: a new Inspector around the same runner is instant.
-            current = service.inspector
             try:
-                service.replace_inspector(
-                    Inspector(
-                        current.package,
-                        current.runner,
-                        device=current.device,
-                        colors=model.colors,
-                        threshold=model.threshold_override,
-                        limits=size_limits(new.limits),
-                    )
-                )
+                service.replace_inspector(retune_inspector(service.inspector, model, new.limits))
             except LfvEdgeError as exc:
                 logger.error("model settings not applied: %s", exc)
         if model.threads != old_model.threads:
             logger.warning("model.threads takes effect at the next start (TVM sizes its pool once)")
         if new.stats_interval_s != old.stats_interval_s:
             logger.warning("statsIntervalS takes effect at the next start")
-        settings = self._settings(new)
+        settings = service_settings(new, self._environ)
         if settings != service.settings or new.queue.size != old.queue.size:
             service.update_settings(settings, queue_size=new.queue.size)
         if new.ipc is not None and new.ipc != old.ipc:

@@ -9,7 +9,6 @@ current one: `prepare` (any one thread at a time), `infer` (the model's owner th
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,11 +19,11 @@ from numpy.typing import NDArray
 
 from lfv_edge.inspection.imaging import SizeLimits, check_size, decode_image, read_image_file
 from lfv_edge.inspection.postprocess import Postprocessor, Verdict
-from lfv_edge.inspection.preprocess import ChannelOrder, Preprocessor, set_opencv_threads
+from lfv_edge.inspection.preprocess import ChannelOrder, Preprocessor
 from lfv_edge.model.device import DeviceChoice, DeviceRequest, HostFacts, choose_device
 from lfv_edge.model.package import ModelPackage
 from lfv_edge.model.probe import probe_package
-from lfv_edge.model.runner import DlrRunner, Runner, configure_threads, usable_cpus
+from lfv_edge.model.runner import DlrRunner, Runner, configure_threads
 
 logger = logging.getLogger(__name__)
 
@@ -96,31 +95,6 @@ class Inspection:
     verdict: Verdict
     image_size: tuple[int, int]
     timings: Timings
-
-
-def serving_tvm_threads(configured: int | None, environ: Mapping[str, str] = os.environ) -> int:
-    """The TVM worker count `serving_threads` would choose, without changing anything."""
-    from_env = environ.get("TVM_NUM_THREADS", "")
-    tvm = configured or (int(from_env) if from_env.isdigit() and int(from_env) > 0 else None)
-    return tvm or max(1, usable_cpus() - 1)
-
-
-def serving_threads(configured: int | None, environ: Mapping[str, str] = os.environ) -> int:
-    """TVM workers for a long-running service, and OpenCV given the CPUs TVM does not use.
-
-    A service overlaps decoding and pre-processing of the next image with inference of the
-    current one, so TVM gets one CPU less than the machine has unless told otherwise
-    (`configured`, else `$TVM_NUM_THREADS`). Measured on 2 shared cores with the 1000×1000
-    bench model and 1080p JPEGs (docs/mqtt.md): a second TVM thread did not make the model
-    faster, cost ~10 ms more CPU per request and raised the median latency by a third. OpenCV's
-    default (every CPU) adds a thread that preempts the model: served/bare 0.61/0.71/0.61 with
-    one OpenCV thread against 0.61/0.68/0.53 with two (docs/performance.md). OpenCV's own
-    `$OPENCV_FOR_THREADS_NUM` wins, as TVM's variable does.
-    """
-    tvm = serving_tvm_threads(configured, environ)
-    if "OPENCV_FOR_THREADS_NUM" not in environ:
-        set_opencv_threads(max(1, usable_cpus() - tvm))
-    return tvm
 
 
 def _elapsed_ms(start: float) -> float:

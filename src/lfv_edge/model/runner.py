@@ -190,6 +190,10 @@ class DlrRunner:
             ModelPackageError: with libdlr's own message when the load fails.
         """
         dlr = import_dlr()
+        # dlr's public constructor picks <stage>/libdlr.so or searches sys.prefix; choosing
+        # the library ourselves needs its internals. Safe because pyproject pins dlr==1.10.0
+        # exactly: the last release (Nov 2021) of a project that is no longer developed
+        # (neo-ai/neo-ai-dlr), so these names cannot move under us.
         impl_class = dlr.dlr_model.DLRModelImpl
         load_lib = dlr.dlr_model._load_lib
 

@@ -1,24 +1,27 @@
-"""The service configuration: one typed, frozen object for `lfv-edge serve` and the Greengrass component.
+"""The service configuration: one typed, frozen object for `serve`, `agent` and the Greengrass component.
 
-Every source goes through `parse_config`: a JSON config file (`serve --config`), command-line
-flags (turned into the same raw mapping), and the Greengrass component configuration (read
-over IPC, and checked again when a deployment asks to validate a change). Keys are camelCase
-as in the recipe; unknown keys are refused and every error names its key path:
+Every key is declared once below (schema.py: key name, converter, default, flag, doc). Every
+source goes through `parse_config`: a JSON config file (`serve --config`), command-line flags
+(turned into the same raw mapping by `raw_from_flags`), and the Greengrass component
+configuration (read over IPC, and checked again when a deployment asks to validate a change).
+Keys are camelCase as in the recipe; unknown keys are refused and every error names its key
+path, as text and as `ConfigError.key`:
 
-    ConfigError("mqtt.qso: unknown key (known: broker, caFile, …)")
-    ConfigError("queue.size: expected an integer ≥ 1, got 'eight'")
+    ConfigError("mqtt.qso: unknown key (known: broker, requestsTopic, …)", key="mqtt.qso")
+    ConfigError("queue.size: expected an integer between 1 and 100000, got 'eight'", key="queue.size")
 
 Greengrass recommends numbers as strings in component configuration (a JSON number may
 become a float on the device), so integers, numbers and booleans are also accepted as strings.
-`{thingName}` in a topic becomes `$AWS_IOT_THING_NAME`. Nothing is read at import time.
+`{thingName}` in a topic or client id becomes `$AWS_IOT_THING_NAME`. Nothing is read at import
+time. `lfv-edge config keys` prints every key; the README's table is that output.
 
-Example (all keys; only `model.path` and one transport are required):
+Example (only `model.path` and one transport are required to serve):
 
     {"model": {"path": "/models/pkg.zip", "device": "auto", "threads": 2,
                "thresholdOverride": null, "colors": {"scratch": "#23A436"}, "probe": false},
      "imageRoots": ["/data/images"],
      "limits": {"maxPayloadBytes": 16777216, "minImageSide": 64, "maxImageSide": 4096},
-     "queue": {"size": 8, "overflow": "reject"},
+     "queue": {"size": 8, "overflow": "reject", "prepareWorkers": 1},
      "results": {"includeMask": true},
      "statsIntervalS": 60, "logLevel": "INFO",
      "mqtt": {"broker": "mqtts://broker:8883", "requestsTopic": "lfv/{thingName}/requests",
@@ -26,8 +29,8 @@ Example (all keys; only `model.path` and one transport are required):
               "statsTopic": "lfv/{thingName}/stats", "clientId": "lfv-edge-1", "qos": 1,
               "caFile": "ca.pem", "certFile": "cert.pem", "keyFile": "key.pem",
               "username": null, "passwordFile": null, "keepaliveS": 30, "sharedGroup": null,
-              "sessionExpiryS": 3600, "spoolDir": "/var/lib/lfv-edge/spool", "spoolMaxBytes": 67108864,
-              "receiveMaximum": 64},
+              "sessionExpiryS": 3600, "spoolDir": "/var/lib/lfv-edge/spool",
+              "spoolMaxBytes": 67108864, "receiveMaximum": 64},
      "ipc": {"localRequestsTopic": "lfv/requests", "localResultsTopic": "lfv/results",
              "iotCoreRequestsTopic": "lfv/{thingName}/requests",
              "iotCoreResultsTopic": "lfv/{thingName}/results", "statsTopic": "lfv/stats",
@@ -40,23 +43,45 @@ Example (all keys; only `model.path` and one transport are required):
 
 from __future__ import annotations
 
+import argparse
 import enum
 import json
-import math
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, cast
 from urllib.parse import urlsplit
 
 from lfv_edge.errors import ConfigError
+from lfv_edge.service.schema import fail as _fail
+from lfv_edge.service.schema import (
+    find_key,
+    join,
+    key,
+    parse_section,
+    reference_rows,
+    require_mapping,
+    show,
+    to_bool,
+    to_choice,
+    to_colors,
+    to_int,
+    to_names,
+    to_number,
+    to_path,
+    to_paths,
+    to_section,
+    to_text,
+    to_topic,
+)
 
-T = TypeVar("T")
 Device = Literal["auto", "cpu", "gpu"]
-_HEX_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEVICES: tuple[Device, ...] = ("auto", "cpu", "gpu")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The LFV Edge Agent's own default socket (its only configuration key).
+DEFAULT_AGENT_SOCKET = "unix:///tmp/aws.iot.lookoutvision.EdgeAgent.sock"
 
 
 class OverflowPolicy(str, enum.Enum):
@@ -66,67 +91,171 @@ class OverflowPolicy(str, enum.Enum):
     DROP_OLDEST = "drop_oldest"  # refuse the oldest queued request; the newest gets in
 
 
+def _overflow(value: object, where: str) -> OverflowPolicy:
+    return OverflowPolicy(to_choice([p.value for p in OverflowPolicy])(value, where))
+
+
+def _device(value: object, where: str) -> Device:
+    return cast(Device, to_choice(DEVICES)(value, where))
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     """Which package to run and how."""
 
-    path: Path
-    device: Device = "auto"
-    threads: int | None = None  # TVM workers; None = every CPU this process may use
-    threshold_override: float | None = None
-    colors: Mapping[str, str] = field(default_factory=dict)
-    probe: bool = False  # load once in a child process first (packages from outside)
+    path: Path = key(
+        "path", to_path, required=True, default_doc="required to serve",
+        flag="--model", metavar="PACKAGE", doc="model package zip or folder",
+    )  # fmt: skip
+    device: Device = key(
+        "device", _device, default="auto", flag="--device", choices=DEVICES,
+        doc="`auto` (the GPU when the package is a GPU build and this machine can run it), `cpu`, `gpu`",
+    )  # fmt: skip
+    threads: int | None = key(
+        "threads", to_int(1, 1024), default=None, flag="--threads",
+        default_doc="usable CPUs − 1 when serving, all for `infer`", doc="TVM worker threads",
+    )  # fmt: skip
+    threshold_override: float | None = key(
+        "thresholdOverride", to_number(0.0), default=None, flag="--threshold",
+        default_doc="the manifest's", doc="decision threshold instead of the manifest's",
+    )  # fmt: skip
+    colors: Mapping[str, str] = key(
+        "colors", to_colors, default_factory=dict, default_doc="the LFV code's palette",
+        doc='mask colour per label, `{"scratch": "#FF0000"}`',
+    )  # fmt: skip
+    probe: bool = key(
+        "probe", to_bool, default=False,
+        doc="load the package once in a child process first (packages from outside)",
+    )  # fmt: skip
+    lookout_vision_model_arn: str = key(
+        "lookoutVisionModelArn", to_text, default="", default_doc="empty",
+        doc="the LFV model's ARN, reported by the Edge Agent API (DescribeModel, ListModels)",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """Input limits: payload bytes and LFV's 64–4096 pixel bounds."""
 
-    max_payload_bytes: int = 16 << 20
-    min_image_side: int = 64
-    max_image_side: int = 4096
+    max_payload_bytes: int = key(
+        "maxPayloadBytes", to_int(1024, 256 << 20), default=16 << 20, default_doc="16 MiB",
+        flag="--max-payload-bytes", doc="largest request payload (and encoded image)",
+    )  # fmt: skip
+    min_image_side: int = key(
+        "minImageSide", to_int(1, 65535), default=64, doc="smallest image side in pixels (LFV: 64)"
+    )
+    max_image_side: int = key(
+        "maxImageSide", to_int(1, 65535), default=4096,
+        doc="largest image side in pixels (LFV: 4096)",
+    )  # fmt: skip
+
+    def validate_section(self, where: str) -> None:
+        if self.min_image_side > self.max_image_side:
+            _fail(join(where, "minImageSide"), "larger than maxImageSide")
 
 
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
     """The bounded request queue between transports and the model."""
 
-    size: int = 8
-    overflow: OverflowPolicy = OverflowPolicy.REJECT
+    size: int = key(
+        "size", to_int(1, 100_000), default=8, flag="--queue-size",
+        doc="requests waiting for the model",
+    )  # fmt: skip
+    overflow: OverflowPolicy = key(
+        "overflow", _overflow, default=OverflowPolicy.REJECT, flag="--overflow",
+        choices=tuple(p.value for p in OverflowPolicy),
+        doc="a full queue answers `Busy` to the newest (`reject`) or the oldest (`drop_oldest`) request",
+    )  # fmt: skip
+    prepare_workers: int = key(
+        "prepareWorkers", to_int(1, 64), default=1, flag="--prepare-workers",
+        doc="threads decoding and pre-processing in parallel (a GPU model outruns one)",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class ResultsConfig:
     """What replies carry."""
 
-    include_mask: bool = True  # LFV's AnomalyMask (base64 PNG) for segmentation models
+    include_mask: bool = key(
+        "includeMask", to_bool, default=True, flag="--no-mask", flag_const=False,
+        doc="include `AnomalyMask` (base64 PNG) for segmentation models",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
     """A plain MQTT broker (mosquitto, AWS IoT Core with X.509 certificates, …)."""
 
-    broker: str
-    requests_topic: str
-    results_topic: str
-    status_topic: str | None = None
-    stats_topic: str | None = None
-    client_id: str | None = None
-    qos: int = 1
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    username: str | None = None
-    password_file: Path | None = None
-    keepalive_s: int = 30
-    shared_group: str | None = None
-    session_expiry_s: int = 3600
-    spool_dir: Path | None = None
-    spool_max_bytes: int = 64 << 20
-    # MQTT 5 Receive Maximum: unacknowledged requests the broker may push to us at once. It
-    # bounds our memory under a burst (each holds its payload until its reply is out); the
-    # rest waits in the broker's session queue (mosquitto: max_queued_messages).
-    receive_maximum: int = 64
+    broker: str = key(
+        "broker", to_text, required=True, default_doc="required for `serve`",
+        flag="--broker", metavar="URL", doc="`mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`",
+    )  # fmt: skip
+    requests_topic: str = key(
+        "requestsTopic", to_topic(subscribe=True), required=True, thing_name=True,
+        default_doc="required for `serve`", flag="--requests-topic", metavar="TOPIC",
+        doc="subscribe here (wildcards allowed)",
+    )  # fmt: skip
+    results_topic: str = key(
+        "resultsTopic", to_topic(subscribe=False), required=True, thing_name=True,
+        default_doc="required for `serve`", flag="--results-topic", metavar="TOPIC",
+        doc="replies go here",
+    )  # fmt: skip
+    status_topic: str | None = key(
+        "statusTopic", to_topic(subscribe=False), default=None, thing_name=True,
+        flag="--status-topic", metavar="TOPIC", doc="retained online/offline status",
+    )  # fmt: skip
+    stats_topic: str | None = key(
+        "statsTopic", to_topic(subscribe=False), default=None, thing_name=True,
+        flag="--stats-topic", metavar="TOPIC", doc="periodic stats snapshots",
+    )  # fmt: skip
+    client_id: str | None = key(
+        "clientId", to_text, default=None, thing_name=True, flag="--client-id",
+        default_doc="the thing name, else the host name",
+        doc="MQTT client id; keep it stable across restarts (the broker keeps our session)",
+    )  # fmt: skip
+    qos: int = key("qos", to_int(0, 2), default=1, flag="--qos", doc="QoS of requests and replies")
+    ca_file: Path | None = key(
+        "caFile", to_path, default=None, flag="--ca-file", metavar="PEM",
+        default_doc="the system's CA bundle", doc="CA certificates to trust",
+    )  # fmt: skip
+    cert_file: Path | None = key(
+        "certFile", to_path, default=None, flag="--cert-file", metavar="PEM",
+        doc="client certificate (mutual TLS, e.g. AWS IoT Core)",
+    )  # fmt: skip
+    key_file: Path | None = key(
+        "keyFile", to_path, default=None, flag="--key-file", metavar="PEM",
+        doc="client private key (mutual TLS)",
+    )  # fmt: skip
+    username: str | None = key("username", to_text, default=None, flag="--username", doc="user")
+    password_file: Path | None = key(
+        "passwordFile", to_path, default=None, flag="--password-file", metavar="FILE",
+        doc="file whose first line is the password (never logged)",
+    )  # fmt: skip
+    keepalive_s: int = key(
+        "keepaliveS", to_int(5, 65535), default=30, flag="--keepalive", doc="MQTT keep-alive"
+    )
+    shared_group: str | None = key(
+        "sharedGroup", to_text, default=None, flag="--shared-group", metavar="NAME",
+        doc="subscribe as `$share/NAME/<requestsTopic>` (several instances share the load)",
+    )  # fmt: skip
+    session_expiry_s: int = key(
+        "sessionExpiryS", to_int(0, 2**32 - 1), default=3600, flag="--session-expiry",
+        doc="how long the broker keeps our session and its queued requests while we are away",
+    )  # fmt: skip
+    spool_dir: Path | None = key(
+        "spoolDir", to_path, default=None, flag="--spool-dir", metavar="DIR",
+        default_doc="in memory", doc="keep unsent replies on disk here (survive a restart)",
+    )  # fmt: skip
+    spool_max_bytes: int = key(
+        "spoolMaxBytes", to_int(0), default=64 << 20, default_doc="64 MiB",
+        flag="--spool-max-bytes", doc="bound of the reply spool",
+    )  # fmt: skip
+    # MQTT 5 Receive Maximum: unacknowledged requests we announce we can take at once.
+    receive_maximum: int = key(
+        "receiveMaximum", to_int(1, 65535), default=64, flag="--receive-maximum",
+        doc="MQTT 5 Receive Maximum announced to the broker (unanswered requests in flight)",
+    )  # fmt: skip
 
     @property
     def tls(self) -> bool:
@@ -144,389 +273,164 @@ class MqttConfig:
         parts = urlsplit(self.broker)
         return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
 
+    def validate_section(self, where: str) -> None:
+        parts = urlsplit(self.broker)
+        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+            _fail(
+                join(where, "broker"),
+                f"expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got {show(self.broker)}",
+            )
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            _fail(join(where, "broker"), f"bad port in {show(self.broker)}")
+        group = self.shared_group
+        if group is not None and not re.fullmatch(r"[A-Za-z0-9_\-]+", group):
+            _fail(join(where, "sharedGroup"), f"letters, digits, _ and - only, got {show(group)}")
+        if (self.cert_file is None) != (self.key_file is None):
+            _fail(join(where, "certFile"), "certFile and keyFile go together (mutual TLS)")
+        if not self.tls and (self.cert_file or self.ca_file):
+            _fail(join(where, "broker"), "caFile/certFile need an mqtts:// broker")
+
 
 @dataclass(frozen=True, slots=True)
 class IpcConfig:
     """Greengrass IPC topics: local publish/subscribe and/or AWS IoT Core through the nucleus."""
 
-    local_requests_topic: str | None = None
-    local_results_topic: str | None = None
-    iot_core_requests_topic: str | None = None
-    iot_core_results_topic: str | None = None
-    stats_topic: str | None = None
-    timeout_s: float = 10.0
+    local_requests_topic: str | None = key(
+        "localRequestsTopic", to_topic(subscribe=True), default=None, thing_name=True,
+        doc="local publish/subscribe topic of requests",
+    )  # fmt: skip
+    local_results_topic: str | None = key(
+        "localResultsTopic", to_topic(subscribe=False), default=None, thing_name=True,
+        doc="local publish/subscribe topic of replies",
+    )  # fmt: skip
+    iot_core_requests_topic: str | None = key(
+        "iotCoreRequestsTopic", to_topic(subscribe=True), default=None, thing_name=True,
+        doc="AWS IoT Core topic of requests (through the nucleus)",
+    )  # fmt: skip
+    iot_core_results_topic: str | None = key(
+        "iotCoreResultsTopic", to_topic(subscribe=False), default=None, thing_name=True,
+        doc="AWS IoT Core topic of replies (QoS 1, at most 128 KB)",
+    )  # fmt: skip
+    stats_topic: str | None = key(
+        "statsTopic", to_topic(subscribe=False), default=None, thing_name=True,
+        doc="local topic of periodic stats snapshots",
+    )  # fmt: skip
+    timeout_s: float = key(
+        "timeoutS", to_number(0.1), default=10.0, doc="how long an IPC call may take"
+    )
+
+    def validate_section(self, where: str) -> None:
+        if self.local_requests_topic is None and self.iot_core_requests_topic is None:
+            _fail(where, "set localRequestsTopic and/or iotCoreRequestsTopic")
+        for requests, results, name in (
+            (self.local_requests_topic, self.local_results_topic, "localResultsTopic"),
+            (self.iot_core_requests_topic, self.iot_core_results_topic, "iotCoreResultsTopic"),
+        ):
+            if requests is not None and results is None:
+                _fail(join(where, name), "required when its requests topic is set")
+
+
+def _socket(value: object, where: str) -> str:
+    socket = to_text(value, where)
+    if not socket.startswith("unix://") or len(socket) <= len("unix://"):
+        _fail(where, f"expected unix:///path/to.sock, got {show(socket)}")
+    return socket
+
+
+def _socket_mode(value: object, where: str) -> int:
+    text = str(value)
+    try:
+        return int(text, 8)
+    except ValueError:
+        return _fail(where, f"expected an octal mode like 0660, got {show(text)}")  # type: ignore[no-any-return]
+
+
+def _model_paths(value: object, where: str) -> Mapping[str, Path]:
+    mapping = require_mapping(value, where)
+    return {name: to_path(path, join(where, name)) for name, path in mapping.items()}
 
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     """The LFV Edge Agent gRPC API on a Unix socket, with named models (model components)."""
 
-    socket: str = "unix:///tmp/aws.iot.lookoutvision.EdgeAgent.sock"  # the LFV agent's default
-    socket_mode: int = 0o660
-    models: Mapping[str, Path] = field(default_factory=dict)  # model component name → package
-    start_models: tuple[
-        str, ...
-    ] = ()  # started at launch (the agent's clients call StartModel too)
-    max_pending_per_model: int = 4
-    publish_results: bool = False  # also publish each gRPC verdict on the results topic(s)
+    socket: str = key(
+        "socket", _socket, default=DEFAULT_AGENT_SOCKET, flag="--agent-socket",
+        doc="where the Edge Agent API listens (the LFV agent's default)",
+    )  # fmt: skip
+    socket_mode: int = key(
+        "socketMode", _socket_mode, default=0o660, default_doc="`0660`",
+        doc="permissions of the socket file (group access for `ggc_group`)",
+    )  # fmt: skip
+    models: Mapping[str, Path] = key(
+        "models", _model_paths, default_factory=dict, default_doc="none",
+        doc="model component name → package zip or folder",
+    )  # fmt: skip
+    start_models: tuple[str, ...] = key(
+        "startModels", to_names, default=(), default_doc="none",
+        doc="models started at launch (clients may also call StartModel)",
+    )  # fmt: skip
+    max_pending_per_model: int = key(
+        "maxPendingPerModel", to_int(1, 1000), default=4,
+        doc="calls admitted per model before RESOURCE_EXHAUSTED",
+    )  # fmt: skip
+    publish_results: bool = key(
+        "publishResults", to_bool, default=False,
+        doc="also publish each gRPC verdict on the results topic (with `serve`)",
+    )  # fmt: skip
+
+    def validate_section(self, where: str) -> None:
+        for name in self.start_models:
+            if name not in self.models:
+                _fail(join(where, "startModels"), f"{name!r} is not in models")
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """Everything `lfv-edge serve`, `lfv-edge agent` and the Greengrass component need."""
 
-    model: ModelConfig | None
-    image_roots: tuple[Path, ...] = ()
-    limits: LimitsConfig = LimitsConfig()
-    queue: QueueConfig = QueueConfig()
-    results: ResultsConfig = ResultsConfig()
-    stats_interval_s: float = 60.0
-    log_level: str = "INFO"
-    mqtt: MqttConfig | None = None
-    ipc: IpcConfig | None = None
-    agent: AgentConfig | None = None
-
-
-# --- parsing ---------------------------------------------------------------------------
-
-
-class _Section:
-    """A mapping being parsed: remembers its key path and which keys were used."""
-
-    def __init__(self, raw: object, path: str) -> None:
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{path or '(top level)'}: expected an object, got {_show(raw)}")
-        self.raw: Mapping[str, object] = raw
-        self.path = path
-
-    def where(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def check_keys(self, known: tuple[str, ...]) -> None:
-        for key in self.raw:
-            if key not in known:
-                raise ConfigError(f"{self.where(key)}: unknown key (known: {', '.join(known)})")
-
-    def get(self, key: str, convert: Callable[[object, str], T], default: T) -> T:
-        value = self.raw.get(key)
-        if value is None or value == "":
-            return default
-        return convert(value, self.where(key))
-
-    def require(self, key: str, convert: Callable[[object, str], T]) -> T:
-        value = self.raw.get(key)
-        if value is None or value == "":
-            raise ConfigError(f"{self.where(key)}: required")
-        return convert(value, self.where(key))
-
-
-def _show(value: object) -> str:
-    text = repr(value) if not isinstance(value, str) else f"'{value}'"
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-# ASCII digits only: str.isdigit() also accepts "²", which int() refuses (found by fuzzing), and
-# a bounded length keeps int() under Python's 4,300-digit limit.
-_INTEGER_TEXT = re.compile(r"-?[0-9]{1,30}")
-
-
-def _int(minimum: int, maximum: int = 1 << 62) -> Callable[[object, str], int]:
-    def convert(value: object, where: str) -> int:
-        number: int | None = None
-        if isinstance(value, int) and not isinstance(value, bool):
-            number = value
-        elif isinstance(value, float) and value.is_integer():
-            number = int(value)  # Greengrass may turn "8" into 8.0
-        elif isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
-            number = int(value)
-        if number is None or not minimum <= number <= maximum:
-            bound = f"between {minimum} and {maximum}" if maximum < 1 << 62 else f"≥ {minimum}"
-            raise ConfigError(f"{where}: expected an integer {bound}, got {_show(value)}")
-        return number
-
-    return convert
-
-
-def _number(minimum: float = -math.inf) -> Callable[[object, str], float]:
-    def convert(value: object, where: str) -> float:
-        number: float | None = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-        if number is None or not math.isfinite(number) or number < minimum:
-            raise ConfigError(f"{where}: expected a number ≥ {minimum}, got {_show(value)}")
-        return number
-
-    return convert
-
-
-def _bool(value: object, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in {"true", "false"}:
-        return value.lower() == "true"
-    raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
-
-
-def _text(value: object, where: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {_show(value)}")
-    return value
-
-
-def _expand(text: str, where: str) -> Path:
-    try:
-        return Path(text).expanduser()
-    except RuntimeError as exc:  # "~someone" for a user that does not exist
-        raise ConfigError(f"{where}: cannot expand {_show(text)}: {exc}") from exc
-
-
-def _path(value: object, where: str) -> Path:
-    return _expand(_text(value, where), where)
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[object, str], str]:
-    def convert(value: object, where: str) -> str:
-        if value not in options:
-            raise ConfigError(f"{where}: expected one of {', '.join(options)}, got {_show(value)}")
-        return str(value)
-
-    return convert
-
-
-def _topic(environ: Mapping[str, str], *, subscribe: bool) -> Callable[[object, str], str]:
-    def convert(value: object, where: str) -> str:
-        topic = _text(value, where)
-        if "{thingName}" in topic:
-            thing = environ.get("AWS_IOT_THING_NAME")
-            if not thing:
-                raise ConfigError(f"{where}: uses {{thingName}} but AWS_IOT_THING_NAME is not set")
-            topic = topic.replace("{thingName}", thing)
-        if not topic or len(topic.encode()) > 65535 or "\0" in topic:
-            raise ConfigError(f"{where}: not a valid MQTT topic: {_show(value)}")
-        if not subscribe and ("+" in topic or "#" in topic):
-            raise ConfigError(f"{where}: a publish topic cannot contain the wildcards + or #")
-        return topic
-
-    return convert
-
-
-def _thing_text(environ: Mapping[str, str]) -> Callable[[object, str], str]:
-    """A string in which `{thingName}` becomes $AWS_IOT_THING_NAME (e.g. an MQTT client id)."""
-
-    def convert(value: object, where: str) -> str:
-        text = _text(value, where)
-        if "{thingName}" in text:
-            thing = environ.get("AWS_IOT_THING_NAME")
-            if not thing:
-                raise ConfigError(f"{where}: uses {{thingName}} but AWS_IOT_THING_NAME is not set")
-            text = text.replace("{thingName}", thing)
-        return text
-
-    return convert
-
-
-def _colors(value: object, where: str) -> Mapping[str, str]:
-    section = _Section(value, where)
-    colors: dict[str, str] = {}
-    for label, color in section.raw.items():
-        if not isinstance(color, str) or not _HEX_COLOR.match(color):
-            raise ConfigError(
-                f"{section.where(label)}: expected a colour like #23A436, got {_show(color)}"
-            )
-        colors[label] = color.upper()
-    return colors
-
-
-def _path_list(value: object, where: str) -> tuple[Path, ...]:
-    if isinstance(value, str):  # one root, or several separated by os.pathsep
-        return tuple(_expand(part, where) for part in value.split(os.pathsep) if part)
-    if not isinstance(value, list):
-        raise ConfigError(f"{where}: expected a list of folders, got {_show(value)}")
-    return tuple(_path(item, f"{where}[{i}]") for i, item in enumerate(value))
-
-
-def _model(value: object, where: str) -> ModelConfig:
-    section = _Section(value, where)
-    section.check_keys(("path", "device", "threads", "thresholdOverride", "colors", "probe"))
-    return ModelConfig(
-        path=section.require("path", _path),
-        device=section.get("device", _choice(("auto", "cpu", "gpu")), "auto"),  # type: ignore[arg-type]
-        threads=section.get("threads", _int(1, 1024), None),
-        threshold_override=section.get("thresholdOverride", _number(0.0), None),
-        colors=section.get("colors", _colors, {}),
-        probe=section.get("probe", _bool, False),
+    model: ModelConfig | None = key(
+        "model", to_section(ModelConfig), default=None, doc="the model package"
+    )
+    image_roots: tuple[Path, ...] = key(
+        "imageRoots", to_paths, default=(), default_doc="none", flag="--image-root",
+        flag_append=True, metavar="DIR", doc="folders `ImagePath` requests may read from",
+    )  # fmt: skip
+    limits: LimitsConfig = key(
+        "limits", to_section(LimitsConfig), default=LimitsConfig(), doc="input limits"
+    )
+    queue: QueueConfig = key(
+        "queue", to_section(QueueConfig), default=QueueConfig(), doc="the request queue"
+    )
+    results: ResultsConfig = key(
+        "results", to_section(ResultsConfig), default=ResultsConfig(), doc="reply contents"
+    )
+    stats_interval_s: float = key(
+        "statsIntervalS", to_number(0.0), default=60.0, flag="--stats-interval", metavar="S",
+        doc="period of stats snapshots (0 = off)",
+    )  # fmt: skip
+    log_level: str = key(
+        "logLevel", to_choice(LOG_LEVELS, upper=True), default="INFO", flag="--log-level",
+        doc="`DEBUG`, `INFO`, `WARNING`, `ERROR`",
+    )  # fmt: skip
+    mqtt: MqttConfig | None = key(
+        "mqtt", to_section(MqttConfig), default=None, doc="an MQTT broker (`serve`)"
+    )
+    ipc: IpcConfig | None = key(
+        "ipc", to_section(IpcConfig), default=None, doc="Greengrass IPC (the component)"
+    )
+    agent: AgentConfig | None = key(
+        "agent", to_section(AgentConfig), default=None, doc="the Edge Agent gRPC API"
     )
 
-
-def _limits(value: object, where: str) -> LimitsConfig:
-    section = _Section(value, where)
-    section.check_keys(("maxPayloadBytes", "minImageSide", "maxImageSide"))
-    defaults = LimitsConfig()
-    limits = LimitsConfig(
-        max_payload_bytes=section.get(
-            "maxPayloadBytes", _int(1024, 256 << 20), defaults.max_payload_bytes
-        ),
-        min_image_side=section.get("minImageSide", _int(1, 65535), defaults.min_image_side),
-        max_image_side=section.get("maxImageSide", _int(1, 65535), defaults.max_image_side),
-    )
-    if limits.min_image_side > limits.max_image_side:
-        raise ConfigError(f"{section.where('minImageSide')}: larger than maxImageSide")
-    return limits
+    def validate_section(self, where: str) -> None:
+        if self.model is None and (self.mqtt is not None or self.ipc is not None):
+            _fail("model", "required when mqtt or ipc is configured")
 
 
-def _queue(value: object, where: str) -> QueueConfig:
-    section = _Section(value, where)
-    section.check_keys(("size", "overflow"))
-    overflow = section.get("overflow", _choice(tuple(p.value for p in OverflowPolicy)), "reject")
-    return QueueConfig(
-        size=section.get("size", _int(1, 100_000), 8), overflow=OverflowPolicy(overflow)
-    )
-
-
-def _results(value: object, where: str) -> ResultsConfig:
-    section = _Section(value, where)
-    section.check_keys(("includeMask",))
-    return ResultsConfig(include_mask=section.get("includeMask", _bool, True))
-
-
-def _mqtt(environ: Mapping[str, str]) -> Callable[[object, str], MqttConfig]:
-    def convert(value: object, where: str) -> MqttConfig:
-        section = _Section(value, where)
-        section.check_keys(
-            (
-                "broker", "requestsTopic", "resultsTopic", "statusTopic", "statsTopic", "clientId",
-                "qos", "caFile", "certFile", "keyFile", "username", "passwordFile", "keepaliveS",
-                "sharedGroup", "sessionExpiryS", "spoolDir", "spoolMaxBytes", "receiveMaximum",
-            )
-        )  # fmt: skip
-        broker = section.require("broker", _text)
-        parts = urlsplit(broker)
-        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
-            raise ConfigError(
-                f"{section.where('broker')}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got {_show(broker)}"
-            )
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as exc:
-            raise ConfigError(f"{section.where('broker')}: bad port in {_show(broker)}") from exc
-        group = section.get("sharedGroup", _text, None)
-        if group is not None and not re.fullmatch(r"[A-Za-z0-9_\-]+", group):
-            raise ConfigError(
-                f"{section.where('sharedGroup')}: letters, digits, _ and - only, got {_show(group)}"
-            )
-        cert = section.get("certFile", _path, None)
-        key = section.get("keyFile", _path, None)
-        if (cert is None) != (key is None):
-            raise ConfigError(
-                f"{section.where('certFile')}: certFile and keyFile go together (mutual TLS)"
-            )
-        config = MqttConfig(
-            broker=broker,
-            requests_topic=section.require("requestsTopic", _topic(environ, subscribe=True)),
-            results_topic=section.require("resultsTopic", _topic(environ, subscribe=False)),
-            status_topic=section.get("statusTopic", _topic(environ, subscribe=False), None),
-            stats_topic=section.get("statsTopic", _topic(environ, subscribe=False), None),
-            client_id=section.get("clientId", _thing_text(environ), None),
-            qos=section.get("qos", _int(0, 2), 1),
-            ca_file=section.get("caFile", _path, None),
-            cert_file=cert,
-            key_file=key,
-            username=section.get("username", _text, None),
-            password_file=section.get("passwordFile", _path, None),
-            keepalive_s=section.get("keepaliveS", _int(5, 65535), 30),
-            shared_group=group,
-            session_expiry_s=section.get("sessionExpiryS", _int(0, 2**32 - 1), 3600),
-            spool_dir=section.get("spoolDir", _path, None),
-            spool_max_bytes=section.get("spoolMaxBytes", _int(0), 64 << 20),
-            receive_maximum=section.get("receiveMaximum", _int(1, 65535), 64),
-        )
-        if not config.tls and (cert or config.ca_file):
-            raise ConfigError(f"{section.where('broker')}: caFile/certFile need an mqtts:// broker")
-        return config
-
-    return convert
-
-
-def _ipc(environ: Mapping[str, str]) -> Callable[[object, str], IpcConfig]:
-    def convert(value: object, where: str) -> IpcConfig:
-        section = _Section(value, where)
-        section.check_keys(
-            (
-                "localRequestsTopic", "localResultsTopic", "iotCoreRequestsTopic",
-                "iotCoreResultsTopic", "statsTopic", "timeoutS",
-            )
-        )  # fmt: skip
-        sub, pub = _topic(environ, subscribe=True), _topic(environ, subscribe=False)
-        config = IpcConfig(
-            local_requests_topic=section.get("localRequestsTopic", sub, None),
-            local_results_topic=section.get("localResultsTopic", pub, None),
-            iot_core_requests_topic=section.get("iotCoreRequestsTopic", sub, None),
-            iot_core_results_topic=section.get("iotCoreResultsTopic", pub, None),
-            stats_topic=section.get("statsTopic", pub, None),
-            timeout_s=section.get("timeoutS", _number(0.1), 10.0),
-        )
-        if config.local_requests_topic is None and config.iot_core_requests_topic is None:
-            raise ConfigError(f"{where}: set localRequestsTopic and/or iotCoreRequestsTopic")
-        for requests, results, name in (
-            (config.local_requests_topic, config.local_results_topic, "localResultsTopic"),
-            (config.iot_core_requests_topic, config.iot_core_results_topic, "iotCoreResultsTopic"),
-        ):
-            if requests is not None and results is None:
-                raise ConfigError(f"{section.where(name)}: required when its requests topic is set")
-        return config
-
-    return convert
-
-
-def _names(value: object, where: str) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else [value]
-    return tuple(_text(item, f"{where}[{i}]") for i, item in enumerate(items))
-
-
-def _agent(value: object, where: str) -> AgentConfig:
-    section = _Section(value, where)
-    section.check_keys(
-        ("socket", "socketMode", "models", "startModels", "maxPendingPerModel", "publishResults")
-    )
-    socket = section.get("socket", _text, "unix:///tmp/aws.iot.lookoutvision.EdgeAgent.sock")
-    if not socket.startswith("unix://") or len(socket) <= len("unix://"):
-        raise ConfigError(
-            f"{section.where('socket')}: expected unix:///path/to.sock, got {_show(socket)}"
-        )
-    mode_text = section.get("socketMode", lambda v, w: _text(str(v), w), "0660")
-    try:
-        mode = int(mode_text, 8)
-    except ValueError as exc:
-        raise ConfigError(
-            f"{section.where('socketMode')}: expected an octal mode like 0660, got {_show(mode_text)}"
-        ) from exc
-    models_section = _Section(section.raw.get("models") or {}, section.where("models"))
-    models = {
-        name: _path(path, models_section.where(name)) for name, path in models_section.raw.items()
-    }
-    start: tuple[str, ...] = section.get("startModels", _names, ())
-    for name in start:
-        if name not in models:
-            raise ConfigError(f"{section.where('startModels')}: {name!r} is not in models")
-    return AgentConfig(
-        socket=socket,
-        socket_mode=mode,
-        models=models,
-        start_models=start,
-        max_pending_per_model=section.get("maxPendingPerModel", _int(1, 1000), 4),
-        publish_results=section.get("publishResults", _bool, False),
-    )
-
-
-TOP_LEVEL_KEYS = (
-    "model", "imageRoots", "limits", "queue", "results", "statsIntervalS", "logLevel", "mqtt",
-    "ipc", "agent",
-)  # fmt: skip
+TOP_LEVEL_KEYS = tuple(row.path.split(".")[0] for row in reference_rows(ServiceConfig))
 
 
 def parse_config(
@@ -537,25 +441,7 @@ def parse_config(
     Raises:
         ConfigError: names the key path and what was expected.
     """
-    section = _Section(raw, "")
-    section.check_keys(TOP_LEVEL_KEYS)
-    config = ServiceConfig(
-        model=section.get("model", _model, None),
-        image_roots=section.get("imageRoots", _path_list, ()),
-        limits=section.get("limits", _limits, LimitsConfig()),
-        queue=section.get("queue", _queue, QueueConfig()),
-        results=section.get("results", _results, ResultsConfig()),
-        stats_interval_s=section.get("statsIntervalS", _number(0.0), 60.0),
-        log_level=section.get(
-            "logLevel", lambda v, w: _choice(_LOG_LEVELS)(str(v).upper(), w), "INFO"
-        ),
-        mqtt=section.get("mqtt", _mqtt(environ), None),
-        ipc=section.get("ipc", _ipc(environ), None),
-        agent=section.get("agent", _agent, None),
-    )
-    if config.model is None and (config.mqtt is not None or config.ipc is not None):
-        raise ConfigError("model: required when mqtt or ipc is configured")
-    return config
+    return parse_section(ServiceConfig, raw, "", environ)
 
 
 def read_config_file(path: Path, environ: Mapping[str, str] = os.environ) -> ServiceConfig:
@@ -593,10 +479,102 @@ def read_config_mapping(path: Path) -> dict[str, object]:
 def merge_config(base: Mapping[str, object], overrides: Mapping[str, object]) -> dict[str, object]:
     """Deep-merge `overrides` into `base` (objects merge, everything else replaces)."""
     merged: dict[str, object] = dict(base)
-    for key, value in overrides.items():
-        existing = merged.get(key)
+    for name, value in overrides.items():
+        existing = merged.get(name)
         if isinstance(existing, Mapping) and isinstance(value, Mapping):
-            merged[key] = merge_config(existing, value)
+            merged[name] = merge_config(existing, value)
         else:
-            merged[key] = value
+            merged[name] = value
     return merged
+
+
+# --- command-line flags and docs, derived from the declarations -----------------------------
+
+
+def _dest(path: str) -> str:
+    return "config__" + path.replace(".", "__")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, paths: Sequence[str] | None = None) -> None:
+    """Add the flags of the keys at `paths` (default: every key that declares one).
+
+    Flag values are strings, parsed like the same key in a file; a flag not given is left out.
+    """
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for row in reference_rows(ServiceConfig):
+        spec = row.spec
+        if spec.flag is None or (paths is not None and row.path not in paths):
+            continue
+        section = row.path.split(".")[0] if "." in row.path else "settings"
+        group = groups.get(section) or groups.setdefault(
+            section, parser.add_argument_group(section)
+        )
+        text = spec.doc.replace("`", "").replace("%", "%%")
+        default = row.default.replace("`", "").replace("%", "%%")
+        help_text = f"{text} [{row.path}; default {default}]"
+        if spec.flag_const is not None:
+            group.add_argument(
+                spec.flag, dest=_dest(row.path), action="store_const", const=spec.flag_const,
+                help=f"{help_text}",
+            )  # fmt: skip
+        else:
+            group.add_argument(
+                spec.flag, dest=_dest(row.path), metavar=spec.metavar or "VALUE",
+                action="append" if spec.flag_append else "store",
+                choices=spec.choices, help=help_text,
+            )  # fmt: skip
+
+
+def raw_from_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The configuration mapping the given flags stand for (flags not given are left out)."""
+    raw: dict[str, object] = {}
+    for row in reference_rows(ServiceConfig):
+        value = getattr(args, _dest(row.path), None)
+        if value is None:
+            continue
+        *sections, name = row.path.split(".")
+        target = raw
+        for section in sections:
+            target = cast(dict[str, object], target.setdefault(section, {}))
+        target[name] = value
+    return raw
+
+
+def flag_of(path: str) -> str | None:
+    """The flag standing for the key at `path`, if any."""
+    try:
+        return find_key(ServiceConfig, path).flag
+    except KeyError:
+        return None
+
+
+def reference_table() -> str:
+    """The Markdown table of every key: path, default, flag, meaning (the README shows it)."""
+    lines = ["| Key | Default | Flag (`serve`) | Meaning |", "|---|---|---|---|"]
+    for row in reference_rows(ServiceConfig):
+        flag = f"`{row.spec.flag}`" if row.spec.flag else ""
+        lines.append(f"| `{row.path}` | {row.default} | {flag} | {row.spec.doc} |")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "DEFAULT_AGENT_SOCKET",
+    "AgentConfig",
+    "Device",
+    "IpcConfig",
+    "LimitsConfig",
+    "ModelConfig",
+    "MqttConfig",
+    "OverflowPolicy",
+    "QueueConfig",
+    "ResultsConfig",
+    "ServiceConfig",
+    "add_config_flags",
+    "flag_of",
+    "merge_config",
+    "parse_config",
+    "raw_from_flags",
+    "read_config_file",
+    "read_config_mapping",
+    "reference_table",
+]

@@ -1,11 +1,13 @@
 """The inspection service: transports in, a three-stage pipeline, replies out. Owns every thread.
 
-    transport threads ──enqueue──▶ inbox (bounded, OverflowPolicy) ──▶ [prepare] parse, decode,
-        pre-process into a pooled tensor ──▶ (1 slot) ──▶ [model] DLR run, the model's only
-        thread ──▶ [finish] post-process, encode, publish, stats
+    transport threads ──enqueue──▶ inbox (bounded, OverflowPolicy) ──▶ [prepare ×N] parse,
+        decode, pre-process into a pooled tensor ──▶ (1 slot) ──▶ [model] DLR run, the model's
+        only thread ──▶ [finish] post-process, encode, publish, stats
 
-Decoding and pre-processing of the next image overlap with inference of the current one; the
-slot of one between them bounds both memory and latency. Every message gets exactly one
+Decoding and pre-processing of the next images overlap with inference of the current one; the
+slot of one between them bounds both memory and latency. One prepare worker keeps a CPU model
+busy; a GPU model runs faster than one core decodes 1080p JPEGs, so `prepare_workers` run in
+parallel (replies may then leave in another order than requests came: each carries its id). Every message gets exactly one
 reply: a verdict, or an error with a stable code (messages.ERROR_CODES) — including the ones
 refused because the queue is full (`Busy`). A failure while handling one message becomes its
 error reply; no message can stop a worker.
@@ -52,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 _FINISH_QUEUE_SIZE = 10_000  # replies waiting to be published; only error replies can pile up
 _FINISH_PUT_TIMEOUT_S = 60.0
-_TENSOR_POOL = 3  # buffers per inspector: one being filled, one waiting, one running
+_TENSORS_BESIDE_WORKERS = 2  # pooled tensors besides one per prepare worker: waiting, running
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,7 @@ class _Job:
 
     message: IncomingMessage
     request: Request | None = None
-    inspector: Inspector | None = None
+    model: _LoadedModel | None = None  # the inspector (and its tensors) it was prepared for
     prepared: Prepared | None = None
     outputs: list[NDArray[np.float32]] | None = None
     run_ms: float = 0.0
@@ -80,13 +82,17 @@ class _Job:
     request_id: str | None = None  # an error reply's (its payload and request are dropped)
 
 
-class _TensorPool:
-    """Reusable input tensors of one inspector (12 MB each for a 1000×1000 model)."""
+class _LoadedModel:
+    """An inspector and its reusable input tensors (12 MB each for a 1000×1000 model).
 
-    def __init__(self, inspector: Inspector) -> None:
+    Jobs hold it, not the service: after a model swap the old inspector, its DLR model and its
+    tensors are freed as soon as the last job prepared for it is finished.
+    """
+
+    def __init__(self, inspector: Inspector, tensors: int) -> None:
         self.inspector = inspector
         self._free: queue.SimpleQueue[NDArray[np.float32]] = queue.SimpleQueue()
-        for _ in range(_TENSOR_POOL):
+        for _ in range(tensors):
             self._free.put(inspector.preprocessor.new_tensor())
 
     def take(self) -> NDArray[np.float32]:
@@ -109,11 +115,15 @@ class Service:
         *,
         settings: ServiceSettings | None = None,
         queue_size: int = 8,
+        prepare_workers: int = 1,
         stats: Stats | None = None,
         stats_interval_s: float = 60.0,
     ) -> None:
-        self._inspector = inspector
-        self._pools: dict[int, _TensorPool] = {id(inspector): _TensorPool(inspector)}
+        if prepare_workers < 1:
+            msg = f"prepare_workers must be at least 1, got {prepare_workers}"
+            raise ValueError(msg)
+        self._prepare_workers = prepare_workers
+        self._model = _LoadedModel(inspector, prepare_workers + _TENSORS_BESIDE_WORKERS)
         self._transports = list(transports)
         self.settings = settings or ServiceSettings()
         self.stats = stats or Stats()
@@ -126,24 +136,29 @@ class Service:
         self._stopped = threading.Event()
         self.fatal_reason: str | None = None
         self._threads: list[threading.Thread] = []
+        self._preparing = prepare_workers  # prepare workers still running (the last one ends)
+        self._preparing_lock = threading.Lock()
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the workers, then the transports (so nothing arrives before we can take it)."""
+        workers = [(f"lfv-prepare-{i}", self._prepare_loop) for i in range(self._prepare_workers)]
         for name, target in (
-            ("lfv-prepare", self._prepare_loop),
+            *workers,
             ("lfv-model", self._model_loop),
             ("lfv-finish", self._finish_loop),
-            ("lfv-stats", self._stats_loop),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        threading.Thread(target=self._stats_loop, name="lfv-stats", daemon=True).start()
         for transport in self._transports:
             transport.start(self._on_message, self._on_fatal)
-        logger.info("serving model %s (%s) on %s", self._inspector.package.name,
-                    self._inspector.package.version, ", ".join(t.name for t in self._transports))  # fmt: skip
+        package = self.inspector.package
+        logger.info("serving model %s (%s) on %s with %d prepare worker(s)", package.name,
+                    package.version, ", ".join(t.name for t in self._transports),
+                    self._prepare_workers)  # fmt: skip
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Stop receiving, answer everything already received, close the transports.
@@ -166,7 +181,7 @@ class Service:
                 "the inbox did not drain in time; %d messages unanswered", self._inbox.qsize()
             )
         drained = True
-        for thread in self._threads[:3]:  # prepare, model, finish: each forwards the sentinel
+        for thread in self._threads:  # prepare ×N, model, finish: each forwards the sentinel
             thread.join(max(deadline - time.monotonic(), 0.0))
             drained = drained and not thread.is_alive()
         for transport in self._transports:
@@ -194,16 +209,20 @@ class Service:
     @property
     def inspector(self) -> Inspector:
         """The inspector new messages are prepared with."""
-        return self._inspector
+        return self._model.inspector
 
     def replace_inspector(self, inspector: Inspector) -> None:
-        """Use another inspector (new model or new threshold) from the next message on."""
-        self._pools[id(inspector)] = _TensorPool(inspector)
-        old, self._inspector = self._inspector, inspector
-        if old is not inspector:
-            logger.info(
-                "inspector replaced: model %s %s", inspector.package.name, inspector.package.version
-            )
+        """Use another inspector (new model or new threshold) from the next message on.
+
+        Messages already prepared finish with the inspector they were prepared for; the old
+        one is freed with the last of them.
+        """
+        if inspector is self._model.inspector:
+            return
+        self._model = _LoadedModel(inspector, self._prepare_workers + _TENSORS_BESIDE_WORKERS)
+        logger.info(
+            "inspector replaced: model %s %s", inspector.package.name, inspector.package.version
+        )
 
     def update_settings(self, settings: ServiceSettings, queue_size: int | None = None) -> None:
         """Apply new settings from the next message on."""
@@ -278,7 +297,7 @@ class Service:
         while True:
             message = self._inbox.get()
             if message is None:
-                self._ready.put(None)
+                self._end_prepare_worker()
                 return
             job = _Job(message)
             try:
@@ -288,10 +307,14 @@ class Service:
                     image_roots=settings.image_roots,
                     max_payload_bytes=settings.max_payload_bytes,
                 )
-                inspector = self._inspector
-                pool = self._pools[id(inspector)]
-                job.inspector = inspector
-                job.prepared = inspector.prepare(job.request.source, out=pool.take())
+                model = self._model  # read once: a swap between two reads must not mix them
+                job.model = model
+                tensor = model.take()
+                try:
+                    job.prepared = model.inspector.prepare(job.request.source, out=tensor)
+                except BaseException:
+                    model.give_back(tensor)  # an unreadable image must not shrink the pool
+                    raise
             except InputError as exc:
                 self._reply_error(job, exc.code, exc.message)
                 continue
@@ -301,17 +324,27 @@ class Service:
                 continue
             self._ready.put(job)
 
+    def _end_prepare_worker(self) -> None:
+        """A prepare worker took the stop sentinel: pass it on; the last one stops the model."""
+        with self._preparing_lock:
+            self._preparing -= 1
+            last = self._preparing == 0
+        if last:
+            self._ready.put(None)
+        else:
+            self._inbox.put(None)  # for the next worker (what is still queued comes first)
+
     def _model_loop(self) -> None:
         while True:
             job = self._ready.get()
             if job is None:
                 self._finish.put(None)
                 return
-            if job.inspector is None or job.prepared is None:  # the prepare stage sets both
+            if job.model is None or job.prepared is None:  # the prepare stage sets both
                 self._reply_error(job, INTERNAL_ERROR, "a message reached the model unprepared")
                 continue
             try:
-                job.outputs, job.run_ms = job.inspector.infer(job.prepared)
+                job.outputs, job.run_ms = job.model.inspector.infer(job.prepared)
             except LfvEdgeError as exc:
                 job.error = (INFERENCE_FAILED, str(exc))
             except Exception as exc:
@@ -319,7 +352,7 @@ class Service:
                 job.error = (INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
             finally:
                 # DLR copied the input in SetDLRInput: the buffer is free again.
-                self._pools[id(job.inspector)].give_back(job.prepared.tensor)
+                job.model.give_back(job.prepared.tensor)
             self._finish.put(job)
 
     def _finish_loop(self) -> None:
@@ -340,13 +373,14 @@ class Service:
         if (
             job.error is None
             and job.outputs is not None
-            and job.inspector is not None
+            and job.model is not None
             and job.prepared is not None
             and job.request is not None
         ):
             try:
-                inspection = job.inspector.finish(job.prepared, job.outputs, job.run_ms)
-                package = job.inspector.package
+                inspector = job.model.inspector
+                inspection = inspector.finish(job.prepared, job.outputs, job.run_ms)
+                package = inspector.package
                 payload = encode_result(
                     job.request,
                     inspection,
@@ -398,7 +432,7 @@ class Service:
         while not self._stopping.wait(self._stats_interval_s):
             snapshot = self.stats.snapshot(
                 QueueDepth=self._inbox.qsize(),
-                Model=self._inspector.package.name,
+                Model=self.inspector.package.name,
                 **self.settings.extra_reply_fields,
             )
             logger.info("stats %s", snapshot)

@@ -416,6 +416,58 @@ class ModelIdentity:
 
     name: str
     version: str
+    arn: str = ""  # LFV's model ARN where one is configured (model.lookoutVisionModelArn)
+
+
+def encode_verdict(
+    inspection: Inspection,
+    model: ModelIdentity,
+    *,
+    head: Mapping[str, object],
+    tail: Mapping[str, object] | None = None,
+    include_mask: bool = True,
+    timestamp: bool = True,
+    max_bytes: int | None = None,
+) -> bytes:
+    """A verdict as JSON: the one encoder of MQTT/IPC replies, the agent's published verdicts
+    and `infer`'s lines.
+
+    `head` comes first (`SchemaVersion` and `RequestId`, or `Image`), then the LFV result,
+    `Model`, `Threshold`, `Score`, `Timestamp`, `TimingsMs`, then `tail` (`Metadata`,
+    identity fields, …). Over `max_bytes`, the mask goes first, then `Metadata` (each
+    replaced by a note saying why), so a route's size limit never swallows the reply.
+    """
+    verdict = inspection.verdict
+    with_mask = include_mask and verdict.mask is not None
+    identity: dict[str, object] = {"Name": model.name, "Version": model.version}
+    if model.arn:
+        identity["Arn"] = model.arn
+    body: dict[str, object] = {
+        **head,
+        "DetectAnomalyResult": verdict.to_lfv(include_mask=with_mask),
+        "Model": identity,
+        "Threshold": verdict.threshold,
+        "Score": verdict.score,
+    }
+    if timestamp:
+        body["Timestamp"] = utc_timestamp()
+    body["TimingsMs"] = inspection.timings.to_dict()
+    if verdict.mask is not None and not with_mask:
+        body["AnomalyMaskOmitted"] = "not requested"
+    if tail:
+        body.update(tail)
+    encoded = _dumps(body)
+    if max_bytes is not None and len(encoded) > max_bytes and with_mask:
+        body["DetectAnomalyResult"] = verdict.to_lfv(include_mask=False)
+        body["AnomalyMaskOmitted"] = f"the reply would exceed {max_bytes} bytes"
+        encoded = _dumps(body)
+    if max_bytes is not None and len(encoded) > max_bytes and "Metadata" in body:
+        # Echoed metadata can outgrow the request (JSON escapes non-ASCII as 6-byte \uXXXX):
+        # a reply the route refuses would be no reply at all.
+        del body["Metadata"]
+        body["MetadataOmitted"] = f"the reply would exceed {max_bytes} bytes"
+        encoded = _dumps(body)
+    return encoded
 
 
 def encode_result(
@@ -427,38 +479,24 @@ def encode_result(
     max_bytes: int | None = None,
     extra: Mapping[str, object] | None = None,
 ) -> bytes:
-    """The success reply. Drops the mask, then the echoed metadata (and says so) when the reply
-    would exceed `max_bytes`."""
-    verdict = inspection.verdict
-    with_mask = include_mask and request.include_mask and verdict.mask is not None
-    body: dict[str, object] = {
-        "SchemaVersion": SCHEMA_VERSION,
-        "RequestId": request.request_id,
-        "DetectAnomalyResult": verdict.to_lfv(include_mask=with_mask),
-        "Model": {"Name": model.name, "Version": model.version},
-        "Threshold": verdict.threshold,
-        "Score": verdict.score,
-        "Timestamp": utc_timestamp(),
-        "TimingsMs": inspection.timings.to_dict(),
-    }
-    if verdict.mask is not None and not with_mask:
-        body["AnomalyMaskOmitted"] = "not requested"
+    """The success reply to a request (MQTT, IPC)."""
+    tail: dict[str, object] = {}
     if request.metadata is not None:
-        body["Metadata"] = request.metadata
+        tail["Metadata"] = request.metadata
     if extra:
-        body.update(extra)
-    encoded = json.dumps(body, separators=(",", ":")).encode()
-    if max_bytes is not None and len(encoded) > max_bytes and with_mask:
-        body["DetectAnomalyResult"] = verdict.to_lfv(include_mask=False)
-        body["AnomalyMaskOmitted"] = f"the reply would exceed {max_bytes} bytes"
-        encoded = json.dumps(body, separators=(",", ":")).encode()
-    if max_bytes is not None and len(encoded) > max_bytes and "Metadata" in body:
-        # Echoed metadata can outgrow the request (JSON escapes non-ASCII as 6-byte \uXXXX):
-        # a reply the route refuses would be no reply at all.
-        del body["Metadata"]
-        body["MetadataOmitted"] = f"the reply would exceed {max_bytes} bytes"
-        encoded = json.dumps(body, separators=(",", ":")).encode()
-    return encoded
+        tail.update(extra)
+    return encode_verdict(
+        inspection,
+        model,
+        head={"SchemaVersion": SCHEMA_VERSION, "RequestId": request.request_id},
+        tail=tail,
+        include_mask=include_mask and request.include_mask,
+        max_bytes=max_bytes,
+    )
+
+
+def _dumps(body: Mapping[str, object]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def encode_error(request_id: str | None, code: str, message: str) -> bytes:
@@ -469,7 +507,7 @@ def encode_error(request_id: str | None, code: str, message: str) -> bytes:
         "Error": {"Code": code, "Message": message[:1000]},
         "Timestamp": utc_timestamp(),
     }
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _dumps(body)
 
 
 def environment_identity(environ: Mapping[str, str] = os.environ) -> dict[str, str]:

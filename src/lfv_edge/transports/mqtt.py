@@ -123,18 +123,24 @@ def _valid_publish_topic(topic: object) -> bool:
     )
 
 
-def _close_sockets_of(exc: BaseException) -> None:
-    """Close the socket a failed TLS handshake left open.
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An SSL socket that closes itself when its handshake fails.
 
-    paho 2.2 does not close its SSL socket when `do_handshake()` raises; the only reference
-    left is in the traceback's frames. Without this the descriptor lingers until collected.
+    paho-mqtt 2.x wraps the broker connection and runs the TLS handshake itself inside
+    `connect()`; when the handshake raises (an untrusted certificate, say) it keeps no
+    reference and does not close the socket, so the descriptor lingers until collected.
+    `SSLContext.sslsocket_class` is the standard library's documented way to have the context
+    make this class instead of `ssl.SSLSocket`.
     """
-    tb = exc.__traceback__
-    while tb is not None:
-        for value in tb.tb_frame.f_locals.values():
-            if isinstance(value, socket.socket):
-                value.close()
-        tb = tb.tb_next
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # not a failure: a non-blocking handshake goes on later
+        except BaseException:
+            self.close()
+            raise
 
 
 def default_client_id(environ: Mapping[str, str] = os.environ) -> str:
@@ -164,6 +170,7 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext:
     if config.port == 443:
         # AWS IoT Core serves MQTT with X.509 on 443 only to clients that ask for this ALPN.
         context.set_alpn_protocols(["x-amzn-mqtt-ca"])
+    context.sslsocket_class = _ClosingSSLSocket
     return context
 
 
@@ -195,13 +202,14 @@ class MqttTransport:
         spool: Spool | None = None,
         status_fields: Mapping[str, object] | None = None,
         name: str = "mqtt",
+        client_id: str | None = None,  # the id `client` was made with (for status and logs)
     ) -> None:
         self.name = name
         self.config = config
         self.spool: Spool = spool if spool is not None else MemorySpool(config.spool_max_bytes)
         self._client = client
         self._status_fields = dict(status_fields or {})
-        self._client_id = client._client_id.decode()
+        self._client_id = client_id or config.client_id or default_client_id()
         self._subscription = (
             f"$share/{config.shared_group}/{config.requests_topic}"
             if config.shared_group
@@ -261,9 +269,10 @@ class MqttTransport:
             ConfigError: unreadable TLS or password files.
             TransportError: the spool folder cannot be used.
         """
+        client_id = config.client_id or default_client_id(environ)
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=config.client_id or default_client_id(environ),
+            client_id=client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
             manual_ack=True,
         )
@@ -277,7 +286,14 @@ class MqttTransport:
             if config.spool_dir is not None
             else MemorySpool(config.spool_max_bytes)
         )
-        return cls(client, config, spool=spool, status_fields=status_fields, name=name)
+        return cls(
+            client,
+            config,
+            spool=spool,
+            status_fields=status_fields,
+            name=name,
+            client_id=client_id,
+        )
 
     # --- the Transport port ----------------------------------------------------------
 
@@ -303,7 +319,6 @@ class MqttTransport:
                 cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=properties
             )
         except ssl.SSLCertVerificationError as exc:
-            _close_sockets_of(exc)
             raise TransportError(
                 f"TLS with {cfg.broker}: the broker's certificate is not trusted: "
                 f"{exc.verify_message or exc}"
@@ -311,7 +326,6 @@ class MqttTransport:
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLWantReadError) as exc:
             self._retry_in_background(exc, properties)
         except ssl.SSLError as exc:
-            _close_sockets_of(exc)
             raise TransportError(f"TLS with {cfg.broker} failed: {exc.reason or exc}") from exc
         except OSError as exc:
             self._retry_in_background(exc, properties)

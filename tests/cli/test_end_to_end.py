@@ -24,7 +24,7 @@ from lfv_edge.modelbuild.package import PackageSpec, network_for, zip_package
 from lfv_edge.modelbuild.reference import forward
 from tests.conftest import PackageFactory
 from tests.imagefiles import solid_rgb, write_image
-from tests.test_preprocess_parity import reference as reference_preprocess
+from tests.inspection.test_preprocess_parity import reference as reference_preprocess
 
 
 def _red_image(height: int, width: int, probability: float) -> np.ndarray:

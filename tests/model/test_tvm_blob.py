@@ -11,7 +11,7 @@ import pytest
 from lfv_edge.model.elf import read_shared_object, read_symbol_data
 from lfv_edge.model.tvm_blob import BLOB_SYMBOL, BlobError, parse_module_blob
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "realmodels"
+REAL = Path(__file__).resolve().parents[3] / "shared" / "realmodels"
 
 
 def _u64(value: int) -> bytes:

@@ -27,7 +27,7 @@ from lfv_edge.model.runner import DlrRunner
 from lfv_edge.model.tvm_graph import parse_graph
 from lfv_edge.model.tvm_params import decode_params
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools" / "demo_model"
 COMMITTED = REPO / "artifacts/com.lfvedge.DemoModel/1.0.0/lfv_demo_greengrass_model_component.zip"
 STAGE_FILES = {"compiled.meta", "compiled.params", "compiled.so", "compiled_model.json"}

@@ -33,7 +33,7 @@ from lfv_edge.service.core import Service
 from lfv_edge.transports.memory import MemoryTransport
 from tests.conftest import PackageFactory
 from tests.imagefiles import solid_rgb, write_image
-from tests.test_probe import CRASH_ON_LOAD
+from tests.model.test_probe import CRASH_ON_LOAD
 
 Breaker = Callable[[Path], Path]  # takes a package copy, breaks it, returns what to pass to --model
 

@@ -19,7 +19,6 @@ from tests.conftest import PackageFactory
 
 
 @pytest.mark.broker
-@pytest.mark.dlr
 def test_quick_bench_reports_every_figure(make_package: PackageFactory, tmp_path: Path) -> None:
     # given a small segmentation package for P4/P5 and a private output file
     package = make_package(

@@ -1,0 +1,129 @@
+"""Live model swaps free the old model, and several prepare workers answer every request once.
+
+Real DLR models from our builder, the real service core, the in-process MemoryTransport.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pybase64
+import pytest
+
+from lfv_edge.inspection.pipeline import Inspector
+from lfv_edge.modelbuild.networks import red_mean_for_probability
+from lfv_edge.modelbuild.package import PackageSpec
+from lfv_edge.service.config import ModelConfig
+from lfv_edge.service.core import Service
+from lfv_edge.service.wiring import load_inspector
+from lfv_edge.transports.memory import MemoryTransport
+from tests.conftest import PackageFactory
+
+SIDE = 512  # a 3 MB input tensor: a leaked pool of them shows in RSS
+
+
+def _rss_mib() -> float:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * 4096 / (1 << 20)
+
+
+def _frame_request(request_id: str, probability: float, side: int) -> bytes:
+    red = round(red_mean_for_probability(probability) * 255)
+    pixels = np.empty((side, side, 3), dtype=np.uint8)
+    pixels[:] = (red, 90, 60)
+    frame = {"Width": side, "Height": side, "Encoding": "rgb8",
+             "Data": pybase64.b64encode(pixels.tobytes()).decode()}  # fmt: skip
+    return json.dumps({"RequestId": request_id, "Frame": frame}).encode()
+
+
+@pytest.fixture(scope="module")
+def big_package(make_package: PackageFactory) -> Path:
+    return make_package(PackageSpec(image_width=SIDE, image_height=SIDE))
+
+
+def _load(package: Path) -> Inspector:
+    return load_inspector(ModelConfig(path=package, device="cpu"), serving=False)
+
+
+def test_fifty_model_swaps_under_load_free_every_old_model(big_package: Path) -> None:
+    # given a service answering a steady stream of requests
+    transport = MemoryTransport(stats_topic=None)
+    service = Service(_load(big_package), [transport], queue_size=16, prepare_workers=2,
+                      stats_interval_s=0)  # fmt: skip
+    service.start()
+    request = _frame_request("load", 0.9, SIDE)
+    stop = threading.Event()
+    sent = 0
+
+    def load() -> None:
+        nonlocal sent
+        while not stop.is_set():
+            if len(transport.published) >= sent - 8:  # keep about 8 in flight, never refuse
+                transport.deliver(request)
+                sent += 1
+            else:
+                transport.wait_for(sent - 8, timeout_s=30)
+
+    feeder = threading.Thread(target=load, daemon=True)
+    feeder.start()
+    old: list[weakref.ref[Inspector]] = []
+    rss_after_ten = 0.0
+    try:
+        # when the model is replaced 50 times while requests keep coming
+        for swap in range(50):
+            answered = len(transport.published)
+            old.append(weakref.ref(service.inspector))
+            service.replace_inspector(_load(big_package))
+            transport.wait_for(answered + 3, timeout_s=60)  # the new model answers under load
+            if swap == 9:
+                gc.collect()
+                rss_after_ten = _rss_mib()
+    finally:
+        stop.set()
+        feeder.join(30)
+    transport.wait_for(sent, timeout_s=60)
+    assert service.stop(30), "the service drains"
+    gc.collect()
+    rss_after_fifty = _rss_mib()
+    # then every old inspector (DLR model, tensors) is gone, and memory did not grow with swaps
+    alive = [i for i, ref in enumerate(old) if ref() is not None]
+    assert alive == [], f"old inspectors still referenced after their last message: {alive}"
+    replies = [json.loads(p.payload) for p in transport.published]
+    assert len(replies) == sent, "every request got one reply"
+    assert all("DetectAnomalyResult" in r for r in replies), "all verdicts, no errors"
+    growth = rss_after_fifty - rss_after_ten
+    print(f"rss after 10 swaps {rss_after_ten:.1f} MiB, after 50 {rss_after_fifty:.1f} MiB")
+    # A leaked pool alone is 4 tensors × 3 MiB per swap: 40 swaps would keep ≥ 480 MiB.
+    assert growth < 60, f"RSS grew {growth:.1f} MiB from swap 10 to swap 50"
+
+
+def test_several_prepare_workers_answer_every_request_once_with_its_verdict(
+    make_package: PackageFactory,
+) -> None:
+    # given a service with three prepare workers
+    transport = MemoryTransport(stats_topic=None)
+    service = Service(_load(make_package(PackageSpec())), [transport], queue_size=200,
+                      prepare_workers=3, stats_interval_s=0)  # fmt: skip
+    service.start()
+    names = [threading.current_thread().name]
+    # when 120 requests, alternating anomalous and normal parts, arrive at once
+    for i in range(120):
+        transport.deliver(_frame_request(f"r{i}", 0.9 if i % 2 else 0.1, 64))
+    replies = [json.loads(p.payload) for p in transport.wait_for(120, timeout_s=60)]
+    # then each is answered exactly once, with its own verdict, and stop drains
+    ids = sorted(int(r["RequestId"][1:]) for r in replies)
+    assert ids == list(range(120)), "each request answered once"
+    for reply in replies:
+        index = int(reply["RequestId"][1:])
+        assert reply["DetectAnomalyResult"]["IsAnomalous"] is bool(index % 2), reply["RequestId"]
+    workers = {t.name for t in threading.enumerate() if t.name.startswith("lfv-prepare-")}
+    assert len(workers) == 3, f"three prepare threads run: {sorted(workers)} ({names})"
+    assert service.stop(30), "the sentinel reaches every worker and the model stage"
+    assert not {t.name for t in threading.enumerate() if t.name.startswith("lfv-prepare-")}, (
+        "every prepare worker ended"
+    )
