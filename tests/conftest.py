@@ -6,6 +6,8 @@ Tiers (markers, applied here at collection, so no test file has to remember them
   their folder runs serve against one: mqtt/, reliability/);
 * `dlr`: needs the real CPU `libdlr.so` (tests that reach the `cpu_libdlr` fixture, e.g.
   through `make_package`, and the folders whose tests run models in child processes);
+* `gpu`: needs an NVIDIA GPU and a CUDA build of libdlr.so (tests that reach the
+  `gpu_libdlr` fixture of gpu/, which skips them elsewhere);
 * neither: the fast tier, `scripts/test --fast` (`-m "not dlr and not broker"`).
 
 The real CPU `libdlr.so` must be installed (scripts/setup does it): a missing runtime is a
@@ -38,6 +40,7 @@ FIXTURE_TIERS: dict[str, tuple[str, ...]] = {
     "broker": ("broker",),
     "tls_broker": ("broker",),
     "cpu_libdlr": ("dlr",),
+    "gpu_libdlr": ("gpu", "dlr"),
 }
 _TESTS = Path(__file__).resolve().parent
 

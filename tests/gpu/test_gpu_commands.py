@@ -17,8 +17,6 @@ from tests.gpu.conftest import DEMO_CPU, demo_set
 from tests.mqtt.conftest import Broker, Peer, body_request, broker, jpeg, peers, topic
 from tests.mqtt.test_serve_process import ServeProcess, launch
 
-pytestmark = [pytest.mark.gpu, pytest.mark.dlr]
-
 __all__ = ["broker", "launch", "peers", "topic"]  # fixtures used here
 
 

@@ -28,8 +28,6 @@ from tests.gpu.conftest import demo_set
 from tests.modelbuild.harness import max_abs_diff
 from tests.modelbuild.test_ops import MAIN, OPS, TINY
 
-pytestmark = [pytest.mark.gpu, pytest.mark.dlr]
-
 OP_TOLERANCE = 1e-5  # as the CPU kernels against the reference (tests/modelbuild/test_ops.py)
 TWIN_TOLERANCE = 1e-4  # GPU package against its CPU twin, whole networks
 
