@@ -382,7 +382,7 @@ static int conv_entry(const char* fn, TVMValue* args, int* codes, int num_args, 
   if (check_batch1(fn, "data", x) != 0) return -1;
   const int64_t ci = x->shape[1], h = x->shape[2], wd = x->shape[3];
   const int64_t co = w->shape[0];
-  char expected[160];
+  char expected[256]; /* up to 227 bytes; gcc 13 with _FORTIFY_SOURCE checks the bound */
   const int64_t w_in = depthwise ? 1 : ci;
   if ((depthwise && co != ci) || w->shape[1] != w_in || w->shape[2] != k || w->shape[3] != k) {
     snprintf(expected, sizeof expected, "[%lld,%lld,%lld,%lld] for data with %lld channels",
