@@ -10,8 +10,10 @@ built here: the GPU one needs nvcc and a CUDA build of libdlr.so):
   `Inspector.prepare` into a reused tensor) on 1 thread (the per-core rate) and on N threads
   at once (N = usable CPUs; one inspector each, OpenCV single-threaded per call; the GIL and
   memory bandwidth are what keep N threads from N × the per-core rate);
-* served: `lfv-edge serve --device gpu` through the benchmark's mosquitto with `window`
-  requests in flight, interleaved round by round with the bare GPU loop.
+* served: `lfv-edge serve --device gpu --prepare-workers W` through the benchmark's mosquitto
+  with `window` requests in flight, interleaved round by round with the bare GPU loop;
+* served in-process: the same service core behind the memory transport (no broker, no MQTT
+  client), which separates what the core sustains from what moving the payloads costs.
 
 Figure: served ÷ min(bare GPU loop, N-thread preparation capacity); target ≥ 0.9.
 """
@@ -29,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lfv_edge.bench.inputs import RequestKind
-from lfv_edge.bench.processes import BareWorker, Mosquitto
+from lfv_edge.bench.processes import BareWorker, InProcessService, Mosquitto
 from lfv_edge.bench.throughput import start_endpoint
 from lfv_edge.bench.timing import Summary, paired_ratio, summarize
 from lfv_edge.inspection.pipeline import Inspector
@@ -132,6 +134,8 @@ class GpuServedFigures:
     capacity_per_s: float  # min(bare GPU loop, preparation on all threads)
     ratio_to_capacity: float
     cpu_ms_per_request: Summary
+    inprocess_per_s: Summary
+    inprocess_cpu_ms_per_request: Summary
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -141,6 +145,11 @@ class GpuServedFigures:
             "ratio_to_capacity": round(self.ratio_to_capacity, 3),
             "serve_cpu_ms_per_request": self.cpu_ms_per_request.to_dict(1),
             "met": self.ratio_to_capacity >= TARGET_RATIO,
+            "in_process": {
+                "per_s": self.inprocess_per_s.to_dict(),
+                "ratio_to_capacity": round(self.inprocess_per_s.median / self.capacity_per_s, 3),
+                "cpu_ms_per_request": self.inprocess_cpu_ms_per_request.to_dict(1),
+            },
         }
 
 
@@ -156,6 +165,7 @@ class GpuFigures:
     preparation: dict[str, PrepFigures]
     served: dict[str, GpuServedFigures]
     window: int
+    prepare_workers: int
     serve_args: tuple[str, ...]
     rounds: int
     batch: int
@@ -173,11 +183,17 @@ class GpuFigures:
             "preparation": {k: v.to_dict() for k, v in self.preparation.items()},
             "served": {k: v.to_dict() for k, v in self.served.items()},
             "window": self.window,
+            "prepare_workers": self.prepare_workers,
             "serve_args": list(self.serve_args),
             "rounds": self.rounds,
             "requests_per_round": self.batch,
             "target_ratio_min": TARGET_RATIO,
         }
+
+
+def loaded_side(package: Path) -> int:
+    """The model input's width (the model-size frames of the in-process service)."""
+    return int(read_model_package(package).stage.input_shape[3])
 
 
 def measure_gpu(
@@ -194,6 +210,7 @@ def measure_gpu(
     batch: int,
     window: int,
     prep_count: int,
+    prepare_workers: int,
     serve_args: Sequence[str] = (),
 ) -> GpuFigures:
     """Figure G: model time CPU vs GPU, preparation capacity, served vs bare on the GPU."""
@@ -209,7 +226,9 @@ def measure_gpu(
         for kind in kinds
     }
     bare = BareWorker(gpu_package, threads, image, device="gpu")
-    args = ("--device", "gpu", "--queue-size", str(max(64, 2 * window)), *serve_args)
+    queue_size = max(64, 2 * window)
+    args = ("--device", "gpu", "--queue-size", str(queue_size),
+            "--prepare-workers", str(prepare_workers), *serve_args)  # fmt: skip
     endpoint = start_endpoint(gpu_package, broker, f"g-{label}", folder, threads=threads,
                               extra_args=args)  # fmt: skip
     try:
@@ -228,6 +247,20 @@ def measure_gpu(
     finally:
         bare.close()
         endpoint.close()
+    side = loaded_side(gpu_package)
+    core = InProcessService(gpu_package, "gpu", prepare_workers, queue_size, side)
+    inprocess: dict[str, list[float]] = {kind.name: [] for kind in kinds}
+    inprocess_cpu: dict[str, list[float]] = {kind.name: [] for kind in kinds}
+    try:
+        for kind in kinds:
+            core.rate(kind.name, max(batch // 2, window + 2), window)  # warm-up
+        for _ in range(rounds):
+            for kind in kinds:
+                rate, spent = core.rate(kind.name, batch, window)
+                inprocess[kind.name].append(rate)
+                inprocess_cpu[kind.name].append(spent)
+    finally:
+        core.close()
     bare_summary = summarize(bare_rates)
     figures: dict[str, GpuServedFigures] = {}
     for kind in kinds:
@@ -239,10 +272,12 @@ def measure_gpu(
             capacity_per_s=capacity,
             ratio_to_capacity=rates.median / capacity,
             cpu_ms_per_request=summarize(cpu_ms[kind.name]),
+            inprocess_per_s=summarize(inprocess[kind.name]),
+            inprocess_cpu_ms_per_request=summarize(inprocess_cpu[kind.name]),
         )
     return GpuFigures(
         label=label, cpu_run_ms=cpu_run_ms, cpu_threads=threads,
         gpu_run_ms=1000.0 / bare_summary.median,
         bare_gpu_per_s=bare_summary, preparation=preparation, served=figures, window=window,
-        serve_args=tuple(serve_args), rounds=rounds, batch=batch,
+        prepare_workers=prepare_workers, serve_args=tuple(serve_args), rounds=rounds, batch=batch,
     )  # fmt: skip

@@ -286,6 +286,48 @@ class ServeProcess:
         return self.process.returncode
 
 
+# --- the service core in-process --------------------------------------------------------------
+
+
+class InProcessService:
+    """`python -m lfv_edge.bench.inprocess`: the service core behind the memory transport."""
+
+    def __init__(
+        self, package: Path, device: str, workers: int, queue_size: int, side: int
+    ) -> None:
+        command = [sys.executable, "-m", "lfv_edge.bench.inprocess", str(package), device,
+                   str(workers), str(queue_size), str(side)]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None  # noqa: S101, PT018 - pipes requested
+        self._stdin, self._stdout = stdin, stdout
+        if stdout.readline().strip() != "ready":
+            self.close()
+            msg = "the in-process service did not start"
+            raise LfvEdgeError(msg)
+
+    def rate(self, kind: str, count: int, window: int) -> tuple[float, float]:
+        """Replies per second and CPU ms per request; raises if any reply was an error."""
+        self._stdin.write(f"{kind} {count} {window}\n")
+        self._stdin.flush()
+        rate, cpu_ms, errors = self._stdout.readline().split()
+        if int(errors):
+            msg = f"the in-process service answered {errors} of {count} {kind} with an error"
+            raise LfvEdgeError(msg)
+        return float(rate), float(cpu_ms)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self._stdin.close()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
 # --- the bare model loop ---------------------------------------------------------------------
 
 

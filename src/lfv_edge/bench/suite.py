@@ -37,6 +37,7 @@ from lfv_edge.bench.inputs import (
 from lfv_edge.bench.machine import describe_machine, load_average
 from lfv_edge.bench.processes import Mosquitto
 from lfv_edge.errors import LfvEdgeError
+from lfv_edge.model.runner import usable_cpus
 from lfv_edge.modelbuild.package import NetworkChoice
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class BenchOptions:
     gpu_batch: int = 64
     gpu_window: int = 16
     gpu_prep_count: int = 40
+    gpu_prepare_workers: int | None = None  # serve's --prepare-workers; default: usable CPUs − 1
     serve_args: tuple[str, ...] = ()  # extra `lfv-edge serve` arguments for G
 
     @classmethod
@@ -140,6 +142,7 @@ def run_bench(
             "gpu_batch": options.gpu_batch,
             "gpu_window": options.gpu_window,
             "serve_args": list(options.serve_args),
+            "gpu_prepare_workers": options.gpu_prepare_workers,
         },
     }
     work = Path(tempfile.mkdtemp(prefix="lfv-edge-bench-"))
@@ -253,6 +256,7 @@ def _gpu_figures(
                 kinds, broker, work, image, threads=options.threads, rounds=options.gpu_rounds,
                 batch=options.gpu_batch, window=options.gpu_window,
                 prep_count=options.gpu_prep_count, serve_args=options.serve_args,
+                prepare_workers=options.gpu_prepare_workers or max(1, usable_cpus() - 1),
             ).to_dict()
         )  # fmt: skip
     return figures

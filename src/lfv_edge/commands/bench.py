@@ -70,6 +70,9 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
     gpu.add_argument("--gpu-size", type=int, help="model input side (default 1000)")
     gpu.add_argument("--window", type=int, help="requests in flight (default 16)")
     gpu.add_argument(
+        "--prepare-workers", type=int, help="serve's prepare workers (default: usable CPUs − 1)"
+    )
+    gpu.add_argument(
         "--serve-args",
         metavar="ARGS",
         help='extra `lfv-edge serve` arguments, one string (e.g. "--prepare-workers 8")',
@@ -109,6 +112,7 @@ def _gpu_options(args: argparse.Namespace, options: BenchOptions) -> BenchOption
     for flag, value, name in (
         ("--gpu-size", args.gpu_size, "gpu_size"),
         ("--window", args.window, "gpu_window"),
+        ("--prepare-workers", args.prepare_workers, "gpu_prepare_workers"),
     ):
         if value is not None:
             if value < 1:
