@@ -53,15 +53,68 @@ class _NoModel:
         raise AssertionError(msg)
 
 
+class Preparation:
+    """The service's preparation path for one request kind, on one thread or on many at once."""
+
+    def __init__(self, package: Path, kind: RequestKind, threads: int) -> None:
+        loaded = read_model_package(package)
+        choice = DeviceChoice("gpu", "benchmark: preparation only")
+        set_opencv_threads(1)  # as in serve: one OpenCV thread per call, workers in parallel
+        self.kind = kind
+        self.threads = threads
+        self._payload = kind.payload("prep")
+        self._workers = [Inspector(loaded, _NoModel(), device=choice) for _ in range(threads)]
+        self._buffers = [np.empty(loaded.stage.input_shape, np.float32) for _ in range(threads)]
+        for worker, buffer in zip(self._workers, self._buffers, strict=True):
+            self._prepare(worker, buffer)  # warm each inspector once
+
+    def _prepare(self, worker: Inspector, out: NDArray[np.float32]) -> None:
+        request = parse_request(self._payload, image_roots=(), max_payload_bytes=_MAX_PAYLOAD)
+        worker.prepare(request.source, out=out)
+
+    def single_ms(self, count: int) -> list[float]:
+        """`count` preparations one after another on this thread, ms each."""
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            self._prepare(self._workers[0], self._buffers[0])
+            times.append((time.perf_counter() - start) * 1000.0)
+        return times
+
+    def parallel_per_s(self, each: int) -> float:
+        """Preparations per second with every thread preparing `each` requests at once."""
+        barrier = threading.Barrier(self.threads + 1)
+
+        def loop(worker: Inspector, out: NDArray[np.float32]) -> None:
+            barrier.wait()
+            for _ in range(each):
+                self._prepare(worker, out)
+
+        pool = [
+            threading.Thread(target=loop, args=pair, daemon=True)
+            for pair in zip(self._workers, self._buffers, strict=True)
+        ]
+        for thread in pool:
+            thread.start()
+        barrier.wait()
+        start = time.perf_counter()
+        for thread in pool:
+            thread.join()
+        return self.threads * each / (time.perf_counter() - start)
+
+
 @dataclass(frozen=True, slots=True)
 class PrepFigures:
     """Preparation of one request kind: one thread, and `threads` threads at once."""
 
     kind: str
     single_ms: Summary  # one preparation, one thread
-    per_core_per_s: float
     threads: int
-    parallel_per_s: float
+    parallel_per_s: Summary  # per round, interleaved with the served rounds
+
+    @property
+    def per_core_per_s(self) -> float:
+        return 1000.0 / self.single_ms.median
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -69,60 +122,8 @@ class PrepFigures:
             "single_thread_ms": self.single_ms.to_dict(),
             "per_core_per_s": round(self.per_core_per_s, 1),
             "threads": self.threads,
-            "parallel_per_s": round(self.parallel_per_s, 1),
+            "parallel_per_s": self.parallel_per_s.to_dict(),
         }
-
-
-def measure_preparation(
-    package: Path, kind: RequestKind, *, threads: int, count: int
-) -> PrepFigures:
-    """The service's preparation path for `kind`, on one thread and on `threads` threads."""
-    loaded = read_model_package(package)
-    choice = DeviceChoice("gpu", "benchmark: preparation only")
-    payload = kind.payload("prep")
-    set_opencv_threads(1)
-
-    def inspector() -> Inspector:
-        return Inspector(loaded, _NoModel(), device=choice)
-
-    def prepare(worker: Inspector, out: NDArray[np.float32]) -> None:
-        request = parse_request(payload, image_roots=(), max_payload_bytes=_MAX_PAYLOAD)
-        worker.prepare(request.source, out=out)
-
-    single = inspector()
-    buffer = np.empty(loaded.stage.input_shape, np.float32)
-    for _ in range(3):
-        prepare(single, buffer)
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        prepare(single, buffer)
-        times.append((time.perf_counter() - start) * 1000.0)
-    per_core = 1000.0 / statistics.median(times)
-
-    workers = [inspector() for _ in range(threads)]
-    buffers = [np.empty(loaded.stage.input_shape, np.float32) for _ in range(threads)]
-    each = max(count // 2, 4)
-    barrier = threading.Barrier(threads + 1)
-
-    def loop(worker: Inspector, out: NDArray[np.float32]) -> None:
-        prepare(worker, out)  # warm: this thread's first call
-        barrier.wait()
-        for _ in range(each):
-            prepare(worker, out)
-
-    pool = [
-        threading.Thread(target=loop, args=(w, b), daemon=True)
-        for w, b in zip(workers, buffers, strict=True)
-    ]
-    for thread in pool:
-        thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for thread in pool:
-        thread.join()
-    parallel = threads * each / (time.perf_counter() - start)
-    return PrepFigures(kind.name, summarize(times), per_core, threads, parallel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,23 +132,24 @@ class GpuServedFigures:
 
     per_s: Summary
     ratio_to_bare: Summary
-    capacity_per_s: float  # min(bare GPU loop, preparation on all threads)
-    ratio_to_capacity: float
+    capacity_per_s: Summary  # min(bare GPU loop, preparation on all threads), per round
+    ratio_to_capacity: Summary  # per round: served / that round's capacity
     cpu_ms_per_request: Summary
     inprocess_per_s: Summary
+    inprocess_ratio_to_capacity: Summary
     inprocess_cpu_ms_per_request: Summary
 
     def to_dict(self) -> dict[str, object]:
         return {
             "per_s": self.per_s.to_dict(),
             "ratio_to_bare": self.ratio_to_bare.to_dict(3),
-            "capacity_per_s": round(self.capacity_per_s, 1),
-            "ratio_to_capacity": round(self.ratio_to_capacity, 3),
+            "capacity_per_s": self.capacity_per_s.to_dict(),
+            "ratio_to_capacity": self.ratio_to_capacity.to_dict(3),
             "serve_cpu_ms_per_request": self.cpu_ms_per_request.to_dict(1),
-            "met": self.ratio_to_capacity >= TARGET_RATIO,
+            "met": self.ratio_to_capacity.median >= TARGET_RATIO,
             "in_process": {
                 "per_s": self.inprocess_per_s.to_dict(),
-                "ratio_to_capacity": round(self.inprocess_per_s.median / self.capacity_per_s, 3),
+                "ratio_to_capacity": self.inprocess_ratio_to_capacity.to_dict(3),
                 "cpu_ms_per_request": self.inprocess_cpu_ms_per_request.to_dict(1),
             },
         }
@@ -213,7 +215,8 @@ def measure_gpu(
     prepare_workers: int,
     serve_args: Sequence[str] = (),
 ) -> GpuFigures:
-    """Figure G: model time CPU vs GPU, preparation capacity, served vs bare on the GPU."""
+    """Figure G: model time CPU vs GPU, then round by round: the bare GPU loop, preparation
+    on all cores, served through MQTT and served in-process, per request kind."""
     cpu = BareWorker(cpu_package, threads, image, device="cpu")
     try:
         cpu.rate(max(batch // 4, 2))
@@ -221,60 +224,61 @@ def measure_gpu(
     finally:
         cpu.close()
     cores = usable_cpus()
-    preparation = {
-        kind.name: measure_preparation(gpu_package, kind, threads=cores, count=prep_count)
-        for kind in kinds
+    preparations = {kind.name: Preparation(gpu_package, kind, cores) for kind in kinds}
+    single = {name: prep.single_ms(prep_count) for name, prep in preparations.items()}
+    each = max(batch // cores, 2)
+    names = [kind.name for kind in kinds]
+    bare_rates: list[float] = []
+    series: dict[str, dict[str, list[float]]] = {
+        what: {name: [] for name in names}
+        for what in ("prep", "served", "cpu", "inproc", "inproc_cpu")
     }
-    bare = BareWorker(gpu_package, threads, image, device="gpu")
     queue_size = max(64, 2 * window)
     args = ("--device", "gpu", "--queue-size", str(queue_size),
             "--prepare-workers", str(prepare_workers), *serve_args)  # fmt: skip
+    bare = BareWorker(gpu_package, threads, image, device="gpu")
     endpoint = start_endpoint(gpu_package, broker, f"g-{label}", folder, threads=threads,
                               extra_args=args)  # fmt: skip
+    core = InProcessService(
+        gpu_package, "gpu", prepare_workers, queue_size, loaded_side(gpu_package)
+    )
     try:
+        bare.rate(max(batch, 8))  # warm-up
         for kind in kinds:
-            endpoint.rate(max(batch // 2, window + 2), kind, window=window)  # warm-up
-        bare.rate(max(batch, 8))
-        bare_rates: list[float] = []
-        served: dict[str, list[float]] = {kind.name: [] for kind in kinds}
-        cpu_ms: dict[str, list[float]] = {kind.name: [] for kind in kinds}
+            endpoint.rate(max(batch // 2, window + 2), kind, window=window)
+            core.rate(kind.name, max(batch // 2, window + 2), window)
         for _ in range(rounds):
             bare_rates.append(bare.rate(batch * 4)[0])  # many short runs: a longer batch
             for kind in kinds:
+                series["prep"][kind.name].append(preparations[kind.name].parallel_per_s(each))
                 rate, spent = endpoint.rate(batch, kind, window=window)
-                served[kind.name].append(rate)
-                cpu_ms[kind.name].append(spent)
+                series["served"][kind.name].append(rate)
+                series["cpu"][kind.name].append(spent)
+                rate, spent = core.rate(kind.name, batch, window)
+                series["inproc"][kind.name].append(rate)
+                series["inproc_cpu"][kind.name].append(spent)
     finally:
         bare.close()
         endpoint.close()
-    side = loaded_side(gpu_package)
-    core = InProcessService(gpu_package, "gpu", prepare_workers, queue_size, side)
-    inprocess: dict[str, list[float]] = {kind.name: [] for kind in kinds}
-    inprocess_cpu: dict[str, list[float]] = {kind.name: [] for kind in kinds}
-    try:
-        for kind in kinds:
-            core.rate(kind.name, max(batch // 2, window + 2), window)  # warm-up
-        for _ in range(rounds):
-            for kind in kinds:
-                rate, spent = core.rate(kind.name, batch, window)
-                inprocess[kind.name].append(rate)
-                inprocess_cpu[kind.name].append(spent)
-    finally:
         core.close()
-    bare_summary = summarize(bare_rates)
+    preparation = {
+        name: PrepFigures(name, summarize(single[name]), cores, summarize(series["prep"][name]))
+        for name in names
+    }
     figures: dict[str, GpuServedFigures] = {}
-    for kind in kinds:
-        capacity = min(bare_summary.median, preparation[kind.name].parallel_per_s)
-        rates = summarize(served[kind.name])
-        figures[kind.name] = GpuServedFigures(
-            per_s=rates,
-            ratio_to_bare=paired_ratio(served[kind.name], bare_rates),
-            capacity_per_s=capacity,
-            ratio_to_capacity=rates.median / capacity,
-            cpu_ms_per_request=summarize(cpu_ms[kind.name]),
-            inprocess_per_s=summarize(inprocess[kind.name]),
-            inprocess_cpu_ms_per_request=summarize(inprocess_cpu[kind.name]),
+    for name in names:
+        capacity = [min(b, p) for b, p in zip(bare_rates, series["prep"][name], strict=True)]
+        figures[name] = GpuServedFigures(
+            per_s=summarize(series["served"][name]),
+            ratio_to_bare=paired_ratio(series["served"][name], bare_rates),
+            capacity_per_s=summarize(capacity),
+            ratio_to_capacity=paired_ratio(series["served"][name], capacity),
+            cpu_ms_per_request=summarize(series["cpu"][name]),
+            inprocess_per_s=summarize(series["inproc"][name]),
+            inprocess_ratio_to_capacity=paired_ratio(series["inproc"][name], capacity),
+            inprocess_cpu_ms_per_request=summarize(series["inproc_cpu"][name]),
         )
+    bare_summary = summarize(bare_rates)
     return GpuFigures(
         label=label, cpu_run_ms=cpu_run_ms, cpu_threads=threads,
         gpu_run_ms=1000.0 / bare_summary.median,

@@ -83,10 +83,11 @@ def rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
             out.append(
                 (
                     f"G served / min(bare GPU, preparation), {kind}",
-                    f"{served['ratio_to_capacity']:.3f} ({served['per_s']['median']:.1f}/s; "
-                    f"in-process {served['in_process']['ratio_to_capacity']:.3f}; "
+                    f"{served['ratio_to_capacity']['median']:.3f} "
+                    f"({served['per_s']['median']:.1f}/s; in-process "
+                    f"{served['in_process']['ratio_to_capacity']['median']:.3f}; "
                     f"bare {g['bare_gpu_per_s']['median']:.0f}/s, preparation "
-                    f"{prep['parallel_per_s']:.0f}/s on {prep['threads']} threads, "
+                    f"{prep['parallel_per_s']['median']:.0f}/s on {prep['threads']} threads, "
                     f"{prep['per_core_per_s']:.0f}/s per core)",
                     "≥ 0.9",
                     _met(served["met"]),
