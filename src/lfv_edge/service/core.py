@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,7 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lfv_edge.errors import InputError, LfvEdgeError, TransportError
-from lfv_edge.inspection.pipeline import Inspector, Prepared
+from lfv_edge.inspection.pipeline import Inspection, Inspector, Prepared
 from lfv_edge.service.config import OverflowPolicy
 from lfv_edge.service.messages import (
     BUSY,
@@ -47,7 +47,12 @@ from lfv_edge.service.messages import (
     parse_request,
     request_id_of,
 )
-from lfv_edge.service.ports import IncomingMessage, Transport
+from lfv_edge.service.ports import (
+    IncomingMessage,
+    InspectionObserver,
+    InspectionRecord,
+    Transport,
+)
 from lfv_edge.service.stats import RateLimitedLog, Stats
 
 logger = logging.getLogger(__name__)
@@ -89,8 +94,14 @@ class _LoadedModel:
     tensors are freed as soon as the last job prepared for it is finished.
     """
 
-    def __init__(self, inspector: Inspector, tensors: int) -> None:
+    def __init__(self, inspector: Inspector, workers: int) -> None:
         self.inspector = inspector
+        # Pre-processors keep scratch buffers: one per prepare worker (the first is the
+        # inspector's own). Sharing one between workers mixed images up.
+        self.preprocessors = [inspector.preprocessor] + [
+            inspector.new_preprocessor() for _ in range(workers - 1)
+        ]
+        tensors = workers + _TENSORS_BESIDE_WORKERS
         self._free: queue.SimpleQueue[NDArray[np.float32]] = queue.SimpleQueue()
         for _ in range(tensors):
             self._free.put(inspector.preprocessor.new_tensor())
@@ -118,12 +129,13 @@ class Service:
         prepare_workers: int = 1,
         stats: Stats | None = None,
         stats_interval_s: float = 60.0,
+        observers: Sequence[InspectionObserver] = (),
     ) -> None:
         if prepare_workers < 1:
             msg = f"prepare_workers must be at least 1, got {prepare_workers}"
             raise ValueError(msg)
         self._prepare_workers = prepare_workers
-        self._model = _LoadedModel(inspector, prepare_workers + _TENSORS_BESIDE_WORKERS)
+        self._model = _LoadedModel(inspector, prepare_workers)
         self._transports = list(transports)
         self.settings = settings or ServiceSettings()
         self.stats = stats or Stats()
@@ -138,18 +150,18 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._preparing = prepare_workers  # prepare workers still running (the last one ends)
         self._preparing_lock = threading.Lock()
+        self._observers: list[InspectionObserver] = list(observers)
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the workers, then the transports (so nothing arrives before we can take it)."""
-        workers = [(f"lfv-prepare-{i}", self._prepare_loop) for i in range(self._prepare_workers)]
-        for name, target in (
-            *workers,
-            ("lfv-model", self._model_loop),
-            ("lfv-finish", self._finish_loop),
-        ):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+        stages: list[tuple[str, Callable[..., None], tuple[int, ...]]] = [
+            (f"lfv-prepare-{i}", self._prepare_loop, (i,)) for i in range(self._prepare_workers)
+        ]
+        stages += [("lfv-model", self._model_loop, ()), ("lfv-finish", self._finish_loop, ())]
+        for name, target, args in stages:
+            thread = threading.Thread(target=target, name=name, args=args, daemon=True)
             thread.start()
             self._threads.append(thread)
         threading.Thread(target=self._stats_loop, name="lfv-stats", daemon=True).start()
@@ -219,10 +231,24 @@ class Service:
         """
         if inspector is self._model.inspector:
             return
-        self._model = _LoadedModel(inspector, self._prepare_workers + _TENSORS_BESIDE_WORKERS)
+        self._model = _LoadedModel(inspector, self._prepare_workers)
         logger.info(
             "inspector replaced: model %s %s", inspector.package.name, inspector.package.version
         )
+
+    def add_observer(self, observer: InspectionObserver) -> None:
+        """Show every reply from now on to `observer` (before `start()`, or at any time)."""
+        self._observers = [*self._observers, observer]  # replaced whole: the finish thread reads it
+
+    @property
+    def transports(self) -> tuple[Transport, ...]:
+        """The transports replies go out through."""
+        return tuple(self._transports)
+
+    def submit(self, message: IncomingMessage) -> None:
+        """Hand the service a message from inside the process (a capture source): as a
+        transport would, answered `Busy` when the queue is full and refuses it."""
+        self._on_message(message)
 
     def update_settings(self, settings: ServiceSettings, queue_size: int | None = None) -> None:
         """Apply new settings from the next message on."""
@@ -293,7 +319,7 @@ class Service:
             self.stats.count_error(code)
             logger.error("reply queue full: request dropped without a reply (%s)", code)
 
-    def _prepare_loop(self) -> None:
+    def _prepare_loop(self, worker: int) -> None:
         while True:
             message = self._inbox.get()
             if message is None:
@@ -302,7 +328,7 @@ class Service:
             job = _Job(message)
             try:
                 settings = self.settings
-                job.request = parse_request(
+                job.request = message.request or parse_request(
                     message.payload,
                     image_roots=settings.image_roots,
                     max_payload_bytes=settings.max_payload_bytes,
@@ -310,8 +336,14 @@ class Service:
                 model = self._model  # read once: a swap between two reads must not mix them
                 job.model = model
                 tensor = model.take()
+                keep = any(observer.wants_pixels for observer in self._observers)
                 try:
-                    job.prepared = model.inspector.prepare(job.request.source, out=tensor)
+                    job.prepared = model.inspector.prepare(
+                        job.request.source,
+                        out=tensor,
+                        keep_pixels=keep,
+                        preprocessor=model.preprocessors[worker],
+                    )
                 except BaseException:
                     model.give_back(tensor)  # an unreadable image must not shrink the pool
                     raise
@@ -368,8 +400,11 @@ class Service:
     def _finish_one(self, job: _Job) -> None:
         request_id = job.request.request_id if job.request else job.request_id
         payload: bytes | None = None
-        is_anomalous: bool | None = None
-        stages: dict[str, float] | None = None
+        inspection: Inspection | None = None
+        identity = ModelIdentity("", "")
+        if job.model is not None:
+            package = job.model.inspector.package
+            identity = ModelIdentity(package.name, package.version)
         if (
             job.error is None
             and job.outputs is not None
@@ -378,47 +413,83 @@ class Service:
             and job.request is not None
         ):
             try:
-                inspector = job.model.inspector
-                inspection = inspector.finish(job.prepared, job.outputs, job.run_ms)
-                package = inspector.package
+                inspection = job.model.inspector.finish(job.prepared, job.outputs, job.run_ms)
                 payload = encode_result(
                     job.request,
                     inspection,
-                    ModelIdentity(package.name, package.version),
+                    identity,
                     include_mask=self.settings.include_mask,
                     max_bytes=job.message.reply.max_bytes,
-                    extra=self.settings.extra_reply_fields,
+                    extra={**self.settings.extra_reply_fields, **job.message.reply_fields},
                 )
-                is_anomalous = inspection.verdict.is_anomalous
-                stages = inspection.timings.to_dict()
             except LfvEdgeError as exc:
                 job.error = (INFERENCE_FAILED, str(exc))
+                inspection = None
             except Exception as exc:
                 logger.exception("post-processing failed")
                 job.error = (INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+                inspection = None
         if job.error is not None:
             code, text = job.error
             if request_id is None:
                 request_id = request_id_of(job.message.payload)
-            payload = encode_error(request_id, code, text)
+            payload = encode_error(request_id, code, text, extra=job.message.reply_fields)
             self.stats.count_error(code)
             logger.info("error request_id=%s code=%s: %s", request_id, code, text)
         assert payload is not None  # noqa: S101
+        published = True
         try:
             self._transport_for(job.message).publish(job.message.reply, payload)
         except TransportError as exc:
             self.stats.count_publish_failure()
             logger.warning("reply request_id=%s not published: %s", request_id, exc)
-            return
-        if job.message.ack is not None:
+            published = False
+        if published and job.message.ack is not None:
             try:
                 job.message.ack()
             except LfvEdgeError as exc:
                 logger.warning(
                     "request_id=%s: acknowledging the request failed: %s", request_id, exc
                 )
-        latency_ms = (time.perf_counter() - job.message.received_at) * 1000.0
-        self.stats.record_reply(latency_ms, is_anomalous=is_anomalous, stages_ms=stages)
+        if published:
+            latency_ms = (time.perf_counter() - job.message.received_at) * 1000.0
+            self.stats.record_reply(
+                latency_ms,
+                is_anomalous=inspection.verdict.is_anomalous if inspection else None,
+                stages_ms=inspection.timings.to_dict() if inspection else None,
+            )
+        if self._observers:
+            self._notify(job, request_id, payload, identity, inspection, published)
+
+    def _notify(
+        self,
+        job: _Job,
+        request_id: str | None,
+        payload: bytes,
+        identity: ModelIdentity,
+        inspection: Inspection | None,
+        published: bool,
+    ) -> None:
+        prepared = job.prepared
+        record = InspectionRecord(
+            request_id=request_id,
+            payload=payload,
+            model=identity,
+            source=job.message.source or job.message.reply.transport,
+            received_at=job.message.received_at,
+            finished_at=time.time(),
+            published=published,
+            inspection=inspection,
+            error_code=job.error[0] if job.error else None,
+            pixels=prepared.pixels if prepared is not None else None,
+            channel_order=prepared.order if prepared is not None else "rgb",
+            reply_fields=job.message.reply_fields,
+        )
+        for observer in self._observers:
+            try:
+                observer.observe(record)
+            except Exception:  # an observer's bug must not lose replies or stop the stage
+                logger.exception("observer %s failed", type(observer).__name__)
 
     def _transport_for(self, message: IncomingMessage) -> Transport:
         for transport in self._transports:

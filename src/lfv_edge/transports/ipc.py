@@ -446,6 +446,17 @@ class IpcTransport:
                 ),
             )
 
+    def results_route(self) -> ReplyRoute | None:
+        """Local pub/sub's results topic when configured, else IoT Core's (128 KB limit)."""
+        with self._lock:
+            channels = dict(self._channels)
+        for kind in (LOCAL, IOT_CORE):
+            channel = channels.get(kind)
+            if channel is not None:
+                limit = IOT_CORE_MAX_PAYLOAD_BYTES if kind == IOT_CORE else None
+                return ReplyRoute(channel.results_topic, self.name, kind, None, limit)
+        return None
+
     def publish_stats(self, payload: bytes) -> None:
         """Publish a stats snapshot to IoT Core at QoS 0 (stale stats are worth nothing offline)."""
         topic = self.config.stats_topic

@@ -62,6 +62,9 @@ class MemoryTransport:
             self.published.append(Published(route.topic, payload, route.correlation_data))
             self._changed.notify_all()
 
+    def results_route(self) -> ReplyRoute:
+        return ReplyRoute(self.results_topic, self.name, self.name)
+
     def publish_stats(self, payload: bytes) -> None:
         if self.stats_topic is not None:
             self.publish(ReplyRoute(self.stats_topic, self.name), payload)

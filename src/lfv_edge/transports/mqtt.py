@@ -383,6 +383,12 @@ class MqttTransport:
             raise
         self._drain()
 
+    def results_route(self) -> ReplyRoute:
+        """The results topic, within the broker's packet size limit (as replies are)."""
+        with self._lock:
+            max_bytes = self._max_reply_bytes
+        return ReplyRoute(self.config.results_topic, self.name, "results-topic", None, max_bytes)
+
     def publish_stats(self, payload: bytes) -> None:
         """Publish a stats snapshot (QoS 0, not kept while disconnected)."""
         if self.config.stats_topic is None or not self.connected:

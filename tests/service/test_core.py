@@ -1,4 +1,4 @@
-"""Live model swaps free the old model, and several prepare workers answer every request once.
+"""The service core: model swaps free the old model, prepare workers, observers, submitted frames.
 
 Real DLR models from our builder, the real service core, the in-process MemoryTransport.
 """
@@ -15,16 +15,19 @@ import numpy as np
 import pybase64
 import pytest
 
-from lfv_edge.inspection.pipeline import Inspector
+from lfv_edge.inspection.pipeline import Inspector, RawFrame
 from lfv_edge.modelbuild.networks import red_mean_for_probability
 from lfv_edge.modelbuild.package import PackageSpec
 from lfv_edge.service.config import ModelConfig
 from lfv_edge.service.core import Service
+from lfv_edge.service.messages import Request
+from lfv_edge.service.ports import IncomingMessage, InspectionRecord
 from lfv_edge.service.wiring import load_inspector
 from lfv_edge.transports.memory import MemoryTransport
 from tests.conftest import PackageFactory
 
 SIDE = 512  # a 3 MB input tensor: a leaked pool of them shows in RSS
+COUNT = 300
 
 
 def _rss_mib() -> float:
@@ -105,19 +108,21 @@ def test_fifty_model_swaps_under_load_free_every_old_model(big_package: Path) ->
 def test_several_prepare_workers_answer_every_request_once_with_its_verdict(
     make_package: PackageFactory,
 ) -> None:
-    # given a service with three prepare workers
+    # given a service with three prepare workers (each needs its own pre-processor: sharing
+    # one mixed images up, about one wrong verdict in a few hundred)
     transport = MemoryTransport(stats_topic=None)
-    service = Service(_load(make_package(PackageSpec())), [transport], queue_size=200,
+    service = Service(_load(make_package(PackageSpec())), [transport], queue_size=COUNT,
                       prepare_workers=3, stats_interval_s=0)  # fmt: skip
     service.start()
     names = [threading.current_thread().name]
-    # when 120 requests, alternating anomalous and normal parts, arrive at once
-    for i in range(120):
-        transport.deliver(_frame_request(f"r{i}", 0.9 if i % 2 else 0.1, 64))
-    replies = [json.loads(p.payload) for p in transport.wait_for(120, timeout_s=60)]
+    # when 300 requests, alternating anomalous and normal parts, arrive at once
+    # (large frames: pre-processing long enough for the workers to overlap)
+    for i in range(COUNT):
+        transport.deliver(_frame_request(f"r{i}", 0.9 if i % 2 else 0.1, 256))
+    replies = [json.loads(p.payload) for p in transport.wait_for(COUNT, timeout_s=60)]
     # then each is answered exactly once, with its own verdict, and stop drains
     ids = sorted(int(r["RequestId"][1:]) for r in replies)
-    assert ids == list(range(120)), "each request answered once"
+    assert ids == list(range(COUNT)), "each request answered once"
     for reply in replies:
         index = int(reply["RequestId"][1:])
         assert reply["DetectAnomalyResult"]["IsAnomalous"] is bool(index % 2), reply["RequestId"]
@@ -127,3 +132,60 @@ def test_several_prepare_workers_answer_every_request_once_with_its_verdict(
     assert not {t.name for t in threading.enumerate() if t.name.startswith("lfv-prepare-")}, (
         "every prepare worker ended"
     )
+
+
+class _Recorder:
+    """An observer keeping every record (the web view and capture keep theirs bounded)."""
+
+    def __init__(self, *, wants_pixels: bool) -> None:
+        self.wants_pixels = wants_pixels
+        self.records: list[InspectionRecord] = []
+
+    def observe(self, record: InspectionRecord) -> None:
+        self.records.append(record)
+
+
+def test_observers_see_verdicts_and_errors_and_a_submitted_frame_carries_its_fields(
+    make_package: PackageFactory,
+) -> None:
+    # given a service with an observer that wants the decoded pixels
+    transport = MemoryTransport(stats_topic=None)
+    recorder = _Recorder(wants_pixels=True)
+    service = Service(_load(make_package(PackageSpec())), [transport], stats_interval_s=0,
+                      observers=[recorder])  # fmt: skip
+    service.start()
+    try:
+        # when a JSON request, a broken one and a parsed frame from inside the process arrive
+        transport.deliver(_frame_request("json-1", 0.9, 64))
+        transport.deliver(b'{"RequestId": "bad-1", "Frame": 3}')
+        pixels = np.zeros((64, 64, 3), dtype=np.uint8)
+        route = transport.results_route()
+        service.submit(
+            IncomingMessage(
+                b"",
+                route,
+                request=Request(request_id="cap-1", source=RawFrame(pixels, "rgb")),
+                reply_fields={"Capture": {"SourceId": "cam1"}},
+                source="cam1",
+            )
+        )
+        replies = {
+            r["RequestId"]: r for r in (json.loads(p.payload) for p in transport.wait_for(3))
+        }
+    finally:
+        service.stop(10)
+    # then the frame's reply went to the results topic with its Capture object, and the
+    # observer saw all three, with pixels where there was an image
+    assert replies["cap-1"]["Capture"] == {"SourceId": "cam1"}, "reply fields are top-level"
+    assert "DetectAnomalyResult" in replies["cap-1"], "a verdict for the submitted frame"
+    assert replies["bad-1"]["Error"]["Code"] == "BadRequest"
+    by_id = {r.request_id: r for r in recorder.records}
+    assert set(by_id) == {"json-1", "bad-1", "cap-1"}, "every reply is observed once"
+    assert by_id["json-1"].inspection is not None
+    assert by_id["json-1"].pixels is not None
+    assert by_id["json-1"].pixels.shape == (64, 64, 3)
+    assert by_id["bad-1"].error_code == "BadRequest"
+    assert by_id["bad-1"].inspection is None
+    assert by_id["cap-1"].source == "cam1"
+    published = [p.payload for p in transport.published]
+    assert by_id["cap-1"].payload in published, "the observer sees the payload as published"
