@@ -93,7 +93,9 @@ def choose_device(
         requested: `auto`, `cpu` or `gpu`.
         library: the `libdlr.so` that will be loaded (package's own or the CPU runtime).
         library_sha256: its checksum (the PyPI 1.6.0 library is known to be CPU-only).
-        meta_device: `Requirements.TargetDeviceType` from the stage's `.meta`, if any.
+        meta_device: what the model is compiled for, if known: `gpu` when its kernel library
+            carries CUDA/TensorRT modules, else `Requirements.TargetDeviceType` of its `.meta`
+            (`FolderCheck.target_device`).
         facts: this machine's GPU and loader facts.
 
     Raises:
@@ -127,7 +129,8 @@ def choose_device(
         return DeviceChoice("gpu", "auto: NVIDIA GPU and a CUDA build of libdlr.so are present")
     if meta_device == "gpu":
         msg = (
-            "this package's model is compiled for the GPU (.meta TargetDeviceType 'gpu') and "
+            "this model is compiled for the GPU (its .meta, or CUDA/TensorRT modules in its "
+            "kernel library) and "
             "cannot run on the CPU"
         )
         if requested == "auto" and problems:

@@ -95,12 +95,13 @@ class FolderCheck:
 
     @property
     def target_device(self) -> str | None:
-        """What the model is compiled for: `.meta`'s device, else `gpu` for CUDA/TensorRT modules."""
-        if self.meta_device is not None:
-            return self.meta_device
+        """What the model is compiled for: `gpu` with CUDA/TensorRT modules, else `.meta`'s device.
+
+        The modules win over a `.meta` that says otherwise: only a GPU build of DLR can load them.
+        """
         if self.modules is not None and GPU_MODULE_KINDS & set(self.modules.kinds):
             return "gpu"
-        return None
+        return self.meta_device
 
 
 @dataclass(frozen=True, slots=True)
