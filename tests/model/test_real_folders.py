@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from lfv_edge.errors import ModelPackageError
+from lfv_edge.errors import InferenceError, ModelPackageError
 from lfv_edge.model.package import ModelFolder, read_model_folder
 from lfv_edge.model.runner import DlrRunner, configure_threads
 from tests.model.realmodels import capi_run, real_folder
@@ -199,3 +199,21 @@ def test_aarch64_neo_builds_are_refused_naming_the_architecture_and_the_missing_
         "compiled.so (modules: cuda (ptx sm_72, 152 kernels)) is built for aarch64",
         "no *.params file",
     )
+
+
+def test_the_runner_checks_every_named_input_exactly(cpu_libdlr: Path) -> None:
+    # DLR compares element counts only; the runner compares shapes and dtypes by name
+    model = read_model_folder(real_folder("neo-dlr-test-4in2out"))
+    runner = DlrRunner.load_model(
+        model.stage_dir, library=model.library.path, arguments=model.stage.graph.arg_specs()
+    )
+    assert runner.info.inputs == (), "DLR lists no input: all four have stored values"
+    good = np.array([1, 2], np.float32)
+    with pytest.raises(InferenceError, match=r"input data1: float64\[2\] does not match"):
+        runner.run_inputs({"data1": good.astype(np.float64)})
+    with pytest.raises(InferenceError, match=r"input data3: float32\[2\] does not match .*\[3\]"):
+        runner.run_inputs({"data3": good})
+    with pytest.raises(InferenceError, match="'data5' is not an argument of this model"):
+        runner.run_inputs({"data5": good})
+    first, _ = runner.run_inputs({"data1": good, "data2": good})
+    assert first.tolist() == [2.0, 4.0], "and the handle still works"
