@@ -152,7 +152,7 @@ class Inspector:
             device,
             library=package.library,
             library_sha256=package.library_sha256,
-            meta_device=package.stage.meta_device,
+            meta_device=package.stage.target_device,
             facts=facts or HostFacts.probe(),
         )
         logger.info("device %s (%s)", choice.device, choice.reason)

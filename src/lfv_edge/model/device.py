@@ -6,16 +6,14 @@ every CUDA/TensorRT library that `libdlr.so` links against. When one is missing,
 dies inside `dlopen` with "No such file or directory" or fails with an empty error, so we
 check each one and say which it is. `auto` picks the GPU only when all four hold.
 
-Pure: reads files and `/proc`, runs `ldconfig -p` once; no dlr, no cv2.
+Pure: reads files and `/proc`, runs `ldconfig -p` once (linker.py); no dlr, no cv2.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +21,7 @@ from typing import Literal
 from lfv_edge.errors import DeviceError
 from lfv_edge.model.cpu_runtime import CPU_ONLY_LIBDLR_SHA256
 from lfv_edge.model.elf import SharedObject
+from lfv_edge.model.linker import LibrarySearch
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +43,6 @@ GPU_DEVICE_FILES = (
     "/proc/driver/nvidia/version",
     "/dev/nvhost-ctrl-gpu",
 )
-_DEFAULT_LIBRARY_DIRS = (
-    "/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib",
-    "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu",
-    "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
-)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,34 +58,15 @@ class HostFacts:
     """What the device decision needs to know about this machine (injectable for tests)."""
 
     gpu_present: bool
-    library_names: frozenset[str]  # sonames the dynamic loader can find (ldconfig -p)
-    library_dirs: tuple[str, ...]  # LD_LIBRARY_PATH + default folders
+    libraries: LibrarySearch  # how the dynamic linker finds libraries here
 
     @classmethod
     def probe(cls, environ: Mapping[str, str] = os.environ) -> HostFacts:
         """Read the facts from this machine."""
-        dirs = [d for d in environ.get("LD_LIBRARY_PATH", "").split(":") if d]
-        dirs += list(_DEFAULT_LIBRARY_DIRS)
         return cls(
             gpu_present=any(Path(p).exists() for p in GPU_DEVICE_FILES),
-            library_names=_ldconfig_names(),
-            library_dirs=tuple(dirs),
+            libraries=LibrarySearch.of_this_machine(environ),
         )
-
-
-@functools.cache
-def _ldconfig_names() -> frozenset[str]:
-    for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"):
-        try:
-            completed = subprocess.run(
-                [ldconfig, "-p"], capture_output=True, text=True, timeout=10, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if completed.returncode == 0:
-            names = {line.split()[0] for line in completed.stdout.splitlines()[1:] if line.strip()}
-            return frozenset(names)
-    return frozenset()
 
 
 def gpu_libraries(library: SharedObject) -> list[str]:
@@ -100,15 +75,8 @@ def gpu_libraries(library: SharedObject) -> list[str]:
 
 
 def missing_libraries(library: SharedObject, facts: HostFacts) -> list[str]:
-    """DT_NEEDED entries of `library` that the dynamic loader would not find."""
-    search: Iterable[str] = (*library.search_paths, *facts.library_dirs)
-    dirs = [Path(d) for d in search]
-    missing = []
-    for name in library.needed:
-        if name in facts.library_names or any((d / name).exists() for d in dirs):
-            continue
-        missing.append(name)
-    return missing
+    """Libraries `library` needs, directly or not, that the dynamic linker would not find."""
+    return facts.libraries.link(library).missing_names
 
 
 def choose_device(
@@ -125,7 +93,9 @@ def choose_device(
         requested: `auto`, `cpu` or `gpu`.
         library: the `libdlr.so` that will be loaded (package's own or the CPU runtime).
         library_sha256: its checksum (the PyPI 1.6.0 library is known to be CPU-only).
-        meta_device: `Requirements.TargetDeviceType` from the stage's `.meta`, if any.
+        meta_device: what the model is compiled for, if known: `gpu` when its kernel library
+            carries CUDA/TensorRT modules, else `Requirements.TargetDeviceType` of its `.meta`
+            (`FolderCheck.target_device`).
         facts: this machine's GPU and loader facts.
 
     Raises:
@@ -159,7 +129,8 @@ def choose_device(
         return DeviceChoice("gpu", "auto: NVIDIA GPU and a CUDA build of libdlr.so are present")
     if meta_device == "gpu":
         msg = (
-            "this package's model is compiled for the GPU (.meta TargetDeviceType 'gpu') and "
+            "this model is compiled for the GPU (its .meta, or CUDA/TensorRT modules in its "
+            "kernel library) and "
             "cannot run on the CPU"
         )
         if requested == "auto" and problems:

@@ -31,6 +31,19 @@ class GraphFormatError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A named tensor of the graph: a graph argument (input or weight) or an output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def describe(self) -> str:
+        """`name dtype[d0, d1, …]`."""
+        return f"{self.name} {self.dtype}{list(self.shape)}".lstrip()
+
+
+@dataclass(frozen=True, slots=True)
 class GraphNode:
     """One node: a graph input/weight (`op == "null"`) or a kernel call (`op == "tvm_op"`)."""
 
@@ -75,6 +88,25 @@ class Graph:
                 return self.dtypes[self.entry_id(node_id)]
         msg = f"no argument node named {name!r}"
         raise KeyError(msg)
+
+    def arg_specs(self) -> tuple[TensorSpec, ...]:
+        """Every argument node (data inputs and weights) in runtime input order."""
+        return tuple(
+            TensorSpec(
+                self.nodes[node_id].name,
+                self.shapes[self.entry_id(node_id)],
+                self.dtypes[self.entry_id(node_id)],
+            )
+            for node_id in self.arg_nodes
+        )
+
+    def kernel_calls(self) -> int:
+        """How many nodes call a kernel (builtins `__nop`/`__copy` excluded)."""
+        return sum(
+            1
+            for node in self.nodes
+            if node.func_name is not None and node.func_name not in BUILTIN_FUNCS
+        )
 
     def kernel_names(self) -> set[str]:
         """Every kernel symbol the graph calls (builtins `__nop`/`__copy` excluded)."""
