@@ -9,7 +9,7 @@ import pytest
 from lfv_edge.agent import edge_agent_pb2 as pb2
 from lfv_edge.agent import protogen
 
-# (message, field, number) as documented for the LFV Edge Agent (lfv-model-package.md §9).
+# (message, field, number) as documented for the LFV Edge Agent (docs/model-packages.md §9).
 WIRE_CONTRACT = [
     ("DetectAnomaliesRequest", "model_component", 1),
     ("DetectAnomaliesRequest", "bitmap", 2),

@@ -1,4 +1,4 @@
-"""Fabricated `__tvm_dev_mblob` contents in TVM's module serialisation (dlr-runtime.md §11)."""
+"""Fabricated `__tvm_dev_mblob` contents in TVM's module serialisation (docs/dlr-runtime.md §11)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Why: a kernel `.so` truncated after a valid header kills the process with SIGBUS inside
 `dlopen`, a foreign-architecture library fails with a misleading "No such file or directory",
-and a graph that names a kernel the `.so` lacks fails deep inside TVM (dlr-runtime.md §7).
+and a graph that names a kernel the `.so` lacks fails deep inside TVM (docs/dlr-runtime.md §7).
 Reading the headers first turns all of these into plain messages. We also read `DT_NEEDED`
 to tell whether a package's `libdlr.so` is a GPU build and which CUDA/TensorRT libraries it needs.
 

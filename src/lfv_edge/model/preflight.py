@@ -2,7 +2,7 @@
 
 libdlr 1.6.0 accepts several broken folders silently (a missing or reshaped weight, the data
 input not first) and dies by SIGBUS on others (a truncated `.so`); its load errors arrive
-with an empty message (dlr-runtime.md §7). This module finds those problems first and says
+with an empty message (docs/dlr-runtime.md §7). This module finds those problems first and says
 which file is wrong and how:
 
 * path: exists, no `:` (DLR splits paths on it), ASCII only (DLR decodes errors as ASCII);
@@ -142,7 +142,7 @@ def find_stage_files(stage_dir: Path) -> StageFiles:
         )
     graphs = [
         p for p in files if p.suffix == ".json" and p.name not in IGNORED_JSON
-    ]  # version.json and AppleDouble ._x.json count too: DLR counts them (dlr-runtime.md §3)
+    ]  # version.json and AppleDouble ._x.json count too: DLR counts them (docs/dlr-runtime.md §3)
     params = [p for p in files if p.suffix == ".params"]
     kernels = [p for p in files if p.suffix == ".so" and not p.name.endswith("libdlr.so")]
     metas = [p for p in files if p.suffix == ".meta"]

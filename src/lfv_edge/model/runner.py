@@ -1,6 +1,6 @@
 """The DLR runtime behind the `Runner` port: the only module that imports `dlr`.
 
-What this module guarantees (dlr-runtime.md §2, §7, §8):
+What this module guarantees (docs/dlr-runtime.md §2, §7, §8):
 
 * DLR's phone-home is replaced by an inert stub **before** the first `import dlr`: no banner,
   no file written into site-packages, no network attempt. If something imported `dlr` before

@@ -1,7 +1,7 @@
 """TVM graph-executor JSON (the graph file of a DLR/TVM model folder): parse and check.
 
 libdlr 1.6.0 reads this format with very few checks; several mistakes crash it or run
-silently wrong (dlr-runtime.md §4, §7). `parse_graph` enforces what the runtime assumes:
+silently wrong (docs/dlr-runtime.md §4, §7). `parse_graph` enforces what the runtime assumes:
 
     {"nodes": [{"op": "null"|"tvm_op", "name", "inputs": [[node, index, version?]…],
                 "attrs": {"func_name", "num_inputs", "num_outputs", "flatten_data"} (strings)}…],
@@ -291,7 +291,7 @@ def _parse_attrs(
     shape = _typed(raw, "shape", "list_shape")
     for key, items in (("dltype", dltype), ("storage_id", storage), ("shape", shape)):
         if len(items) != num_entries:
-            # The runtime does not check this and reads out of bounds (dlr-runtime.md §4).
+            # The runtime does not check this and reads out of bounds (docs/dlr-runtime.md §4).
             msg = f"attrs.{key} has {len(items)} entries, the graph has {num_entries}"
             raise GraphFormatError(msg)
     if "device_index" in raw:
