@@ -32,6 +32,7 @@ from lfv_edge.errors import ConfigError, LfvEdgeError, TransportError
 from lfv_edge.service.config import ServiceConfig
 
 if TYPE_CHECKING:  # the real imports happen in the handler: `lfv-edge --help` stays instant
+    from lfv_edge.host import Companion
     from lfv_edge.service.core import Service
     from lfv_edge.transports.ipc import IpcComponentConfig, IpcConnection, IpcTransport
 
@@ -97,6 +98,7 @@ class GreengrassComponent:
         self._config: ServiceConfig | None = None
         self._service: Service | None = None
         self._transport: IpcTransport | None = None
+        self._companions: list[Companion] = []  # beside the service (host.py)
         self.applied = 0  # configuration updates applied (for logs and tests)
 
     # --- start ------------------------------------------------------------------------------
@@ -109,6 +111,7 @@ class GreengrassComponent:
             ModelPackageError: the model cannot be used (exit 3).
             TransportError: a subscription was denied or the nucleus did not answer (exit 1).
         """
+        from lfv_edge.host import build_companions, start_companions
         from lfv_edge.service.wiring import build_service, load_inspector
         from lfv_edge.transports.ipc import IpcTransport
 
@@ -130,6 +133,8 @@ class GreengrassComponent:
             )
             self._applier.start()
             service.start()
+            self._companions = build_companions(config, service, transport, self._environ)
+            start_companions(self._companions)
             self._connection.update_state("RUNNING")
         except LfvEdgeError as exc:
             logger.error("cannot start: %s", exc)
@@ -162,7 +167,10 @@ class GreengrassComponent:
         threading.Thread(target=self._stop_service, name="lfv-stop", daemon=True).start()
 
     def _stop_service(self) -> None:
+        from lfv_edge.host import stop_companions
+
         self._started.wait()  # set by start(), whether it succeeded or not
+        stop_companions(self._companions, self._drain_timeout_s)
         if self._service is not None:
             self._service.stop(self._drain_timeout_s)
 

@@ -545,11 +545,11 @@ def to_service_config(
     for section in ("mqtt", "agent"):
         if config.get(section) not in (None, ""):
             msg = f"{section}: not used by the Greengrass component (requests come over IPC)"
-            raise ConfigError(msg)
+            raise ConfigError(msg, key=section)
     parsed = parse_config(config, environ)
     if parsed.ipc is None:
         msg = "ipc: required: set localRequestsTopic and/or iotCoreRequestsTopic"
-        raise ConfigError(msg)
+        raise ConfigError(msg, key="ipc")
     return parsed
 
 
