@@ -189,3 +189,25 @@ def test_observers_see_verdicts_and_errors_and_a_submitted_frame_carries_its_fie
     assert by_id["cap-1"].source == "cam1"
     published = [p.payload for p in transport.published]
     assert by_id["cap-1"].payload in published, "the observer sees the payload as published"
+
+
+def test_a_configured_model_arn_is_in_every_verdict(make_package: PackageFactory) -> None:
+    # given a model configured with its LFV ARN
+    arn = "arn:aws:lookoutvision:us-east-1:123456789012:model/parts/7"
+    package = make_package(PackageSpec())
+    inspector = load_inspector(
+        ModelConfig(path=package, device="cpu", lookout_vision_model_arn=arn), serving=False
+    )
+    transport = MemoryTransport(stats_topic=None)
+    service = Service(inspector, [transport], stats_interval_s=0)
+    service.start()
+    try:
+        # when a request is answered
+        transport.deliver(_frame_request("arn-1", 0.9, 64))
+        (reply,) = [json.loads(p.payload) for p in transport.wait_for(1)]
+    finally:
+        service.stop(10)
+    # then the reply names it beside the package's name and version
+    assert reply["Model"]["Arn"] == arn
+    assert reply["Score"] > 0.5
+    assert reply["Threshold"] == 0.5, "Score and Threshold, as the agent's fields 5 and 6"

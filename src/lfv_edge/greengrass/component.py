@@ -297,8 +297,18 @@ class GreengrassComponent:
             model.path == old_model.path
             and model.device == old_model.device
             and (
-                (model.threshold_override, dict(model.colors), new.limits)
-                != (old_model.threshold_override, dict(old_model.colors), old.limits)
+                (
+                    model.threshold_override,
+                    dict(model.colors),
+                    model.lookout_vision_model_arn,
+                    new.limits,
+                )
+                != (
+                    old_model.threshold_override,
+                    dict(old_model.colors),
+                    old_model.lookout_vision_model_arn,
+                    old.limits,
+                )
             )
         ):
             # Same model: a new Inspector around the same runner is instant.

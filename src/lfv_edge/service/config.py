@@ -347,9 +347,28 @@ def _socket_mode(value: object, where: str) -> int:
         return _fail(where, f"expected an octal mode like 0660, got {show(text)}")  # type: ignore[no-any-return]
 
 
-def _model_paths(value: object, where: str) -> Mapping[str, Path]:
+@dataclass(frozen=True, slots=True)
+class AgentModelConfig:
+    """One model component of the agent: its package and, where known, its LFV ARN."""
+
+    path: Path = key("path", to_path, required=True, doc="package zip or folder")
+    lookout_vision_model_arn: str = key(
+        "lookoutVisionModelArn", to_text, default="", default_doc="empty",
+        doc="reported by DescribeModel and ListModels",
+    )  # fmt: skip
+
+
+def _agent_models(value: object, where: str) -> Mapping[str, AgentModelConfig]:
+    """name → package path, or name → {path, lookoutVisionModelArn}."""
     mapping = require_mapping(value, where)
-    return {name: to_path(path, join(where, name)) for name, path in mapping.items()}
+    models: dict[str, AgentModelConfig] = {}
+    for name, entry in mapping.items():
+        path = join(where, name)
+        if isinstance(entry, Mapping):
+            models[name] = parse_section(AgentModelConfig, entry, path)
+        else:
+            models[name] = AgentModelConfig(path=to_path(entry, path))
+    return models
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,9 +383,9 @@ class AgentConfig:
         "socketMode", _socket_mode, default=0o660, default_doc="`0660`",
         doc="permissions of the socket file (group access for `ggc_group`)",
     )  # fmt: skip
-    models: Mapping[str, Path] = key(
-        "models", _model_paths, default_factory=dict, default_doc="none",
-        doc="model component name → package zip or folder",
+    models: Mapping[str, AgentModelConfig] = key(
+        "models", _agent_models, default_factory=dict, default_doc="none",
+        doc="model component name → package path, or → `{path, lookoutVisionModelArn}`",
     )  # fmt: skip
     start_models: tuple[str, ...] = key(
         "startModels", to_names, default=(), default_doc="none",
@@ -560,6 +579,7 @@ def reference_table() -> str:
 __all__ = [
     "DEFAULT_AGENT_SOCKET",
     "AgentConfig",
+    "AgentModelConfig",
     "Device",
     "IpcConfig",
     "LimitsConfig",

@@ -403,8 +403,9 @@ class Service:
         inspection: Inspection | None = None
         identity = ModelIdentity("", "")
         if job.model is not None:
-            package = job.model.inspector.package
-            identity = ModelIdentity(package.name, package.version)
+            inspector = job.model.inspector
+            package = inspector.package
+            identity = ModelIdentity(package.name, package.version, inspector.model_arn)
         if (
             job.error is None
             and job.outputs is not None

@@ -95,6 +95,7 @@ def load_inspector(
         limits=size_limits(limits),
         probe=model.probe,
     )
+    inspector.model_arn = model.lookout_vision_model_arn
     logger.info("model %s %s loaded from %s", package.name, package.version, model.path)
     return inspector
 
@@ -126,7 +127,7 @@ def model_loader(
 
 def retune_inspector(current: Inspector, model: ModelConfig, limits: LimitsConfig) -> Inspector:
     """The same loaded model with another threshold, colours or limits (instant: no load)."""
-    return Inspector(
+    inspector = Inspector(
         current.package,
         current.runner,
         device=current.device,
@@ -134,6 +135,8 @@ def retune_inspector(current: Inspector, model: ModelConfig, limits: LimitsConfi
         threshold=model.threshold_override,
         limits=size_limits(limits),
     )
+    inspector.model_arn = model.lookout_vision_model_arn
+    return inspector
 
 
 def service_settings(
