@@ -171,6 +171,22 @@ class QueueConfig:
         "prepareWorkers", to_int(1, 64), default=1, flag="--prepare-workers",
         doc="threads decoding and pre-processing in parallel (a GPU model outruns one)",
     )  # fmt: skip
+    waiting_max_bytes: int = key(
+        "waitingMaxBytes", to_int(0, 1 << 40), default=512 << 20, default_doc="512 MiB",
+        flag="--waiting-max-bytes",
+        doc="payload bytes of requests that can wait (MQTT QoS ≥ 1, IoT Core) held in memory "
+        "beyond `size` instead of answering `Busy`",
+    )  # fmt: skip
+    spill_dir: Path | None = key(
+        "spillDir", to_path, default=None, default_doc="`waiting/` in the cache folder",
+        flag="--spill-dir", metavar="DIR",
+        doc="where waiting requests go when `waitingMaxBytes` is full",
+    )  # fmt: skip
+    spill_max_bytes: int = key(
+        "spillMaxBytes", to_int(0, 1 << 50), default=4 << 30, default_doc="4 GiB",
+        flag="--spill-max-bytes",
+        doc="disk budget of the spill folder (0: never spill; 512 MiB of the disk stay free)",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +442,12 @@ class ServiceConfig:
     results: ResultsConfig = key(
         "results", to_section(ResultsConfig), default=ResultsConfig(), doc="reply contents"
     )
+    stop_timeout_s: float = key(
+        "stopTimeoutS", to_number(0.5, 3600.0), default=30.0, flag="--stop-timeout",
+        metavar="S",
+        doc="on SIGTERM, time to answer what was received (the Greengrass nucleus kills a "
+        "component 5 s after SIGTERM: its recipe sets 4)",
+    )  # fmt: skip
     stats_interval_s: float = key(
         "statsIntervalS", to_number(0.0), default=60.0, flag="--stats-interval", metavar="S",
         doc="period of stats snapshots (0 = off)",
