@@ -1,4 +1,4 @@
-"""Benchmark P2/P3 (shared/docs/benchmarks.md): `lfv-edge serve` through mosquitto vs a bare model loop.
+"""Benchmark P2/P3 (docs/performance.md): `lfv-edge serve` through mosquitto vs a bare model loop.
 
 Builds the bench package (1000×1000 input, `network="bench"`), starts a private mosquitto, and
 for each TVM thread count measures in the same run, interleaved (bare, served, bare, served …):

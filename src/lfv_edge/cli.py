@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lfv-edge: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ModelPackageError as exc:
-        print(f"lfv-edge: cannot use the model package: {exc}", file=sys.stderr)
+        print(f"lfv-edge: cannot use the model: {exc}", file=sys.stderr)
         return EXIT_PACKAGE
     except LfvEdgeError as exc:
         print(f"lfv-edge: {exc}", file=sys.stderr)

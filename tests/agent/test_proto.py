@@ -9,7 +9,7 @@ import pytest
 from lfv_edge.agent import edge_agent_pb2 as pb2
 from lfv_edge.agent import protogen
 
-# (message, field, number) as documented for the LFV Edge Agent (lfv-model-package.md §9).
+# (message, field, number) as documented for the LFV Edge Agent (docs/model-packages.md §9).
 WIRE_CONTRACT = [
     ("DetectAnomaliesRequest", "model_component", 1),
     ("DetectAnomaliesRequest", "bitmap", 2),
@@ -28,6 +28,8 @@ WIRE_CONTRACT = [
     ("DetectAnomalyResult", "confidence", 2),
     ("DetectAnomalyResult", "anomaly_mask", 3),
     ("DetectAnomalyResult", "anomalies", 4),
+    ("DetectAnomalyResult", "anomaly_score", 5),  # the current DetectAnomalies reference page
+    ("DetectAnomalyResult", "anomaly_threshold", 6),
     ("Anomaly", "name", 1),
     ("Anomaly", "pixel_anomaly", 2),
     ("PixelAnomaly", "total_percentage_area", 1),

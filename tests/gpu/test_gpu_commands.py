@@ -48,7 +48,7 @@ def test_inspect_shows_the_gpu_build_and_chooses_the_gpu(demo_packages: tuple[Pa
     assert info["Runtime"]["Origin"] == "package", "the stage's own libdlr.so"
     assert any(name.startswith("libcudart") for name in info["Runtime"]["GpuLibraries"])
     assert info["Runtime"]["MissingLibraries"] == []
-    assert info["Runtime"]["DeviceCode"] == ["cuda (fatbin sm_90 + compute_75, 31 kernels)"]
+    assert info["Modules"] == ["cuda (fatbin sm_90 + compute_75, 31 kernels)"]
 
 
 @pytest.mark.parametrize("device", ["auto", "gpu"])

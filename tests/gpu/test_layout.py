@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,7 @@ import pytest
 from lfv_edge.errors import DeviceError
 from lfv_edge.model.device import HostFacts, choose_device
 from lfv_edge.model.elf import read_shared_object, read_symbol_data
+from lfv_edge.model.linker import LibrarySearch
 from lfv_edge.model.package import read_model_package
 from lfv_edge.model.tvm_blob import BLOB_SYMBOL, parse_module_blob
 from lfv_edge.model.tvm_graph import parse_graph
@@ -135,21 +137,23 @@ def test_gpu_package_shares_graph_shapes_and_weights_with_its_cpu_twin(
     assert (stage / "compiled.params").read_bytes() == (cpu_stage / "compiled.params").read_bytes()
 
 
-def test_gpu_package_passes_preflight_and_reports_its_device_code(
+def test_gpu_package_passes_preflight_and_reports_its_cuda_module(
     gpu_packages: dict[str, Path],
 ) -> None:
     # when
     package = read_model_package(gpu_packages["controllable-seg"])
     # then
-    assert package.stage.device_code == ("cuda",)
+    assert package.stage.modules is not None
+    assert package.stage.modules.kinds == ("cuda",)
     assert package.stage.meta_device == "gpu"
+    assert package.stage.target_device == "gpu"
 
 
 # --- the device decision on a machine without a GPU or a GPU runtime --------------------------
 
 
 def _facts(gpu: bool) -> HostFacts:
-    return HostFacts(gpu_present=gpu, library_names=frozenset(), library_dirs=())
+    return HostFacts(gpu_present=gpu, libraries=LibrarySearch(env_dirs=(), cache={}))
 
 
 def test_gpu_package_with_the_cpu_runtime_is_refused_on_every_device(
@@ -160,8 +164,7 @@ def test_gpu_package_with_the_cpu_runtime_is_refused_on_every_device(
     kwargs = {
         "library": package.library,
         "library_sha256": package.library_sha256,
-        "meta_device": package.stage.meta_device,
-        "device_code": package.stage.device_code,
+        "meta_device": package.stage.target_device,
         "facts": _facts(gpu=True),
     }
     # then
@@ -173,30 +176,26 @@ def test_gpu_package_with_the_cpu_runtime_is_refused_on_every_device(
         choose_device("auto", **kwargs)  # type: ignore[arg-type]
 
 
-def test_device_code_marks_a_gpu_build_even_without_meta(
-    gpu_packages: dict[str, Path], tmp_path: Path
+@pytest.mark.parametrize("meta", ["none", "cpu"])
+def test_the_cuda_module_marks_a_gpu_build_whatever_the_meta_says(
+    gpu_packages: dict[str, Path], tmp_path: Path, meta: str
 ) -> None:
-    # given: a GPU package whose .meta was lost
-    import shutil
-
-    folder = shutil.copytree(gpu_packages["controllable-cls"], tmp_path / "no-meta")
-    (folder / "mochi" / "compiled.meta").unlink()
+    # given: a GPU package whose .meta was lost, or says cpu
+    folder = shutil.copytree(gpu_packages["controllable-cls"], tmp_path / meta)
+    meta_file = folder / "mochi" / "compiled.meta"
+    if meta == "none":
+        meta_file.unlink()
+    else:
+        meta_file.write_text(meta_file.read_text().replace('"gpu"', '"cpu"'))
+    # when
     package = read_model_package(folder)
     # then
-    assert package.stage.meta_device is None
-    with pytest.raises(DeviceError, match="carries CUDA device code"):
+    assert package.stage.meta_device == (None if meta == "none" else "cpu")
+    assert package.stage.target_device == "gpu", "only a GPU build of DLR can load the module"
+    with pytest.raises(DeviceError, match=r"compiled for the GPU.*cannot run on the CPU"):
         choose_device(
             "cpu", library=package.library, library_sha256=package.library_sha256,
-            meta_device=None, device_code=package.stage.device_code, facts=_facts(gpu=False),
-        )  # fmt: skip
-
-
-def test_meta_saying_cpu_on_cuda_code_is_a_contradiction(gpu_packages: dict[str, Path]) -> None:
-    package = read_model_package(gpu_packages["controllable-cls"])
-    with pytest.raises(DeviceError, match="contradicts itself"):
-        choose_device(
-            "auto", library=package.library, library_sha256=package.library_sha256,
-            meta_device="cpu", device_code=("cuda",), facts=_facts(gpu=True),
+            meta_device=package.stage.target_device, facts=_facts(gpu=False),
         )  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """Static checks of every recipe, the greengrass-cli layout and gdk-config.json.
 
-Rules from the recipe reference, the nucleus and GDK 1.6 (docs: shared greengrass.md §1-2);
+Rules from the recipe reference, the nucleus and GDK 1.6 (docs: docs/greengrass.md, "Greengrass rules this component relies on");
 accessControl coverage is decided by the fake nucleus's copy of the nucleus's matcher.
 """
 

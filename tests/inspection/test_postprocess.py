@@ -261,7 +261,7 @@ def test_classification_logic_lets_the_mask_override(
 def _reference(
     stage: dict[str, Any], outputs: list[np.ndarray], image_hw: tuple[int, int]
 ) -> tuple[bool, float, np.ndarray]:
-    """A straightforward re-statement of LFV's rules (lfv-model-package.md §7), for parity."""
+    """A straightforward re-statement of LFV's rules (docs/model-packages.md §7), for parity."""
     mask, score_out = outputs
     score = float(
         np.sum(

@@ -1,7 +1,7 @@
 """Pre-processing parity: our fused float32 path vs a straightforward float64 reference.
 
 The reference is written here, separately, in the plainest form of LFV's rule
-(lfv-model-package.md §6): convert to RGB, cv2.resize, gray/alpha → RGB, float64, /255,
+(docs/model-packages.md §6): convert to RGB, cv2.resize, gray/alpha → RGB, float64, /255,
 ImageNet mean/std, NCHW.
 """
 

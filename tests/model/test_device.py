@@ -12,6 +12,7 @@ from lfv_edge.errors import DeviceError
 from lfv_edge.model.cpu_runtime import LIBDLR_SHA256
 from lfv_edge.model.device import HostFacts, choose_device
 from lfv_edge.model.elf import ElfError, read_shared_object
+from lfv_edge.model.linker import LibrarySearch
 
 DLR_API = """
 int CreateDLRModel(void){return 0;} int DeleteDLRModel(void){return 0;} int RunDLRModel(void){return 0;}
@@ -48,17 +49,8 @@ def fake_gpu_libdlr(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _facts(gpu: bool, dirs: tuple[str, ...] = ()) -> HostFacts:
-    return HostFacts(
-        gpu_present=gpu,
-        library_names=frozenset(),
-        library_dirs=(
-            *dirs,
-            "/lib/x86_64-linux-gnu",
-            "/usr/lib/x86_64-linux-gnu",
-            "/lib64",
-            "/usr/lib64",
-        ),
-    )
+    # No ld.so.cache: only the given folders (as LD_LIBRARY_PATH) and the system folders.
+    return HostFacts(gpu_present=gpu, libraries=LibrarySearch(env_dirs=dirs, cache={}))
 
 
 def test_the_real_libdlr_reads_as_a_cpu_build(cpu_libdlr: Path) -> None:
@@ -122,9 +114,8 @@ def test_gpu_runtime_with_missing_cuda_libraries_is_explained(fake_gpu_libdlr: P
 
 def test_gpu_is_chosen_when_everything_is_present(fake_gpu_libdlr: Path, tmp_path: Path) -> None:
     shutil.copy(fake_gpu_libdlr, tmp_path / "libdlr.so")
-    (tmp_path / "libcudart.so.10.2").write_bytes(
-        b""
-    )  # only its presence on the search path matters
+    # a library the linker would accept, on the search path (an empty file it would skip)
+    _gcc(tmp_path, "libcudart.so.10.2", "int cudaMalloc(void){return 0;}")
     library = read_shared_object(tmp_path / "libdlr.so")
     facts = _facts(True, (str(tmp_path),))
     assert (

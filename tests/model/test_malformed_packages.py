@@ -1,4 +1,4 @@
-"""The malformed-package matrix: every failure mode of dlr-runtime.md §7 gives a clear error.
+"""The malformed-package matrix: every failure mode of docs/dlr-runtime.md §7 gives a clear error.
 
 Each case breaks a good builder-made package one way and runs `lfv-edge infer` on it in a
 subprocess: the process must exit with a code in 1–125 (not killed by a signal), print the
@@ -141,7 +141,7 @@ def _zip_slip(pkg: Path) -> Path:
 def _reshape_intermediate(graph: dict[str, object]) -> None:
     # The first kernel's output keeps its element count but changes shape: pre-flight checks
     # weights, not intermediate entries, and DLR only sizes buffers, so the kernel's own
-    # argument check fails at run time (dlr-runtime.md §7 "kernel returns -1 at run").
+    # argument check fails at run time (docs/dlr-runtime.md §7 "kernel returns -1 at run").
     nodes, rows, attrs = graph["nodes"], graph["node_row_ptr"], graph["attrs"]
     assert isinstance(nodes, list), "graph nodes"
     assert isinstance(rows, list), "graph node_row_ptr"
@@ -395,7 +395,7 @@ def test_a_broken_package_fails_cleanly(
 
 
 def test_an_extra_weight_only_warns_and_runs(make_package: PackageFactory, tmp_path: Path) -> None:
-    # DLR only warns about an unused weight; so do we (dlr-runtime.md §7 "not caught").
+    # DLR only warns about an unused weight; so do we (docs/dlr-runtime.md §7 "not caught").
     pkg = _rewrite_params(
         make_package.copy(PackageSpec(image_width=64, image_height=64), dest=tmp_path / "pkg"),
         lambda a: {**a, "not_in_graph": np.zeros(3, np.float32)},
@@ -416,7 +416,7 @@ def test_an_extra_weight_only_warns_and_runs(make_package: PackageFactory, tmp_p
 def test_the_json_files_dlr_ignores_do_not_count_as_a_second_graph(
     make_package: PackageFactory, tmp_path: Path, ignored: str
 ) -> None:
-    # dlr-runtime.md §3/§7: these two names are not graphs for DLR, nor for pre-flight
+    # docs/dlr-runtime.md §3/§7: these two names are not graphs for DLR, nor for pre-flight
     pkg = make_package.copy(PackageSpec(image_width=64, image_height=64), dest=tmp_path / "pkg")
     (_stage(pkg) / ignored).write_text("{}")
     image = write_image(tmp_path / "part.png", solid_rgb(80, 80, (200, 30, 30)))
@@ -428,7 +428,7 @@ def test_the_json_files_dlr_ignores_do_not_count_as_a_second_graph(
     assert "DetectAnomalyResult" in json.loads(run.stdout), "and the model runs"
 
 
-# --- run-time input checks (dlr-runtime.md §7, last rows; §7 way 4) ---------------------------
+# --- run-time input checks (docs/dlr-runtime.md §7, last rows; §7 way 4) ---------------------------
 
 
 @pytest.fixture(scope="module")
@@ -477,7 +477,7 @@ class _RecordingModel:
 
 
 def test_the_runner_only_ever_sets_the_data_input_never_a_weight(dlr_runner: DlrRunner) -> None:
-    # dlr-runtime.md §7: a weight name as an input key overwrites that weight for every later
+    # docs/dlr-runtime.md §7: a weight name as an input key overwrites that weight for every later
     # run. The runner names the data input only, the one DLR reported at load.
     model = _RecordingModel()
     runner = DlrRunner(model, dlr_runner.info)

@@ -11,7 +11,7 @@ import pytest
 from lfv_edge.errors import ModelPackageError, UnsupportedModelError
 from lfv_edge.model.manifest import INTER_AREA, decode_manifest, parse_manifest
 
-# The classification manifest published in the YY-BLOG article (lfv-model-package.md §4).
+# The classification manifest published in the YY-BLOG article (docs/model-packages.md §4).
 REAL_MANIFEST: dict[str, Any] = {
     "model_graph": {
         "model_graph_type": "single_stage_model_graph",

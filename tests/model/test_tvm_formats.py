@@ -1,4 +1,4 @@
-"""The .params codec and the graph JSON checks (dlr-runtime.md §4–§5)."""
+"""The .params codec and the graph JSON checks (docs/dlr-runtime.md §4–§5)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_params_round_trip_is_exact_and_matches_the_documented_size() -> None:
     weights = _weights()
     data = encode_params(weights)
     assert len(data) == 1300, (
-        "the reference model's file is exactly 1,300 bytes (dlr-runtime.md §5)"
+        "the reference model's file is exactly 1,300 bytes (docs/dlr-runtime.md §5)"
     )
     decoded = decode_params(data)
     assert list(decoded) == list(weights), "names keep their order"

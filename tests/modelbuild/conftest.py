@@ -1,6 +1,6 @@
 """Fixtures for the model builder tests: kernels compiled once per run, the real libdlr.so.
 
-A missing CPU runtime is a failure, never a skip (house-style §8): run `scripts/setup`.
+A missing CPU runtime is a failure, never a skip: run `scripts/setup`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Graph JSON and params written by GraphBuilder / Network: valid per dlr-runtime.md §4–§5."""
+"""Graph JSON and params written by GraphBuilder / Network: valid per docs/dlr-runtime.md §4–§5."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def test_params_round_trip_bit_exactly() -> None:
 
 
 def test_reference_classifier_params_file_matches_the_documented_size() -> None:
-    # given: dlr-runtime.md §5 — p_conv_weight [8,3,3,3], p_conv_bias [8], p_fc_weight [2,8],
+    # given: docs/dlr-runtime.md §5 — p_conv_weight [8,3,3,3], p_conv_bias [8], p_fc_weight [2,8],
     # p_fc_bias [2] make a file of exactly 1,300 bytes
     params = networks.reference_classifier().to_graph().params()
     # when

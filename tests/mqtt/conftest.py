@@ -29,6 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from lfv_edge.inspection.pipeline import ImageSource, Inspector, Prepared
+from lfv_edge.inspection.preprocess import Preprocessor
 from lfv_edge.model.package import read_model_package
 from lfv_edge.modelbuild.networks import red_mean_for_probability
 from lfv_edge.modelbuild.package import PackageSpec
@@ -454,8 +455,15 @@ class ObservedInspector(Inspector):
         self._prepared = 0
         self._changed = threading.Condition()
 
-    def prepare(self, source: ImageSource, out: np.ndarray | None = None) -> Prepared:
-        prepared = super().prepare(source, out)
+    def prepare(
+        self,
+        source: ImageSource,
+        out: np.ndarray | None = None,
+        *,
+        keep_pixels: bool = False,
+        preprocessor: Preprocessor | None = None,
+    ) -> Prepared:
+        prepared = super().prepare(source, out, keep_pixels=keep_pixels, preprocessor=preprocessor)
         with self._changed:
             self._prepared += 1
             self._changed.notify_all()

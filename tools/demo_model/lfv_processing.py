@@ -1,4 +1,4 @@
-"""LFV pre- and post-processing for the demo-model tools (lfv-model-package.md §6, §7).
+"""LFV pre- and post-processing for the demo-model tools (docs/model-packages.md §6, §7).
 
 A faithful, dependency-light copy of the rules, so training (in the torch venv, which does not
 install lfv_edge's runtime dependencies) sees exactly the tensors the edge sees:

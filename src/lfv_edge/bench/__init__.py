@@ -1,4 +1,4 @@
-"""`lfv-edge bench`: the performance figures of shared/docs/benchmarks.md, measured side by side.
+"""`lfv-edge bench`: the performance figures of docs/performance.md, measured side by side.
 
 Owns the benchmark suite: P1 pre-processing (ours vs the straightforward float64 reference
 and vs the unavoidable floor), P2 throughput through a local mosquitto (`lfv-edge serve` vs a

@@ -17,7 +17,7 @@ from lfv_edge.model.cpu_runtime import require_cpu_runtime
 from lfv_edge.modelbuild.package import NetworkChoice, PackageSpec, Target, build_lfv_package
 
 JPEG_QUALITY = 90
-FULL_HD = (1080, 1920)  # (height, width): the camera frame of benchmarks.md
+FULL_HD = (1080, 1920)  # (height, width): the camera frame of docs/performance.md
 
 
 def photo_rgb(size: tuple[int, int], seed: int = 11) -> NDArray[np.uint8]:

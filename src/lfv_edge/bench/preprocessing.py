@@ -1,6 +1,6 @@
 """P1: pre-processing of a 1080p JPEG for a 1000×1000 package, ours vs the reference and the floor.
 
-The reference is what the LFV article and most scripts do (benchmarks.md), written out here
+The reference is what the LFV article and most scripts do (docs/performance.md), written out here
 in its plainest form: decode → BGR→RGB → INTER_AREA resize → float64 `/255` → per-channel
 `(x − mean) / std` → transpose → batch axis. Ours is what the service runs: `decode_image`
 (header checks included) and the package's `Preprocessor` into a reused tensor. The floor is

@@ -1,6 +1,6 @@
 """The benchmark suite: which figures, in which order, with which packages; the JSON report.
 
-Packages: P2/P3 use builder packages with a 1000×1000 input (benchmarks.md: "a 1000×1000
+Packages: P2/P3 use builder packages with a 1000×1000 input (docs/performance.md: "a 1000×1000
 input whose model takes tens of milliseconds"): the "reference" network (conv 3×3 3→8 at full
 resolution; memory-bound like a real LFV backbone's first layers, ~45 ms on one core) is the
 headline, the lighter "bench" network (~20 ms, cheaper than decoding and pre-processing a

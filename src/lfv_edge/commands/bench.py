@@ -1,4 +1,4 @@
-"""`lfv-edge bench`: measure P1–P5 (shared/docs/benchmarks.md) on this machine; table + JSON.
+"""`lfv-edge bench`: measure P1–P5 (docs/performance.md) on this machine; table + JSON.
 
 Starts its own mosquitto and `serve` processes; takes minutes (`--quick`: seconds, a smoke
 test whose numbers mean nothing). docs/performance.md has the figures and how to read them.
@@ -25,7 +25,7 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "bench",
         help="measure pre-processing, throughput, latency, memory and cold start (P1–P5)",
-        description="Measure the figures of benchmarks.md side by side with their references, "
+        description="Measure the figures of docs/performance.md side by side with their references, "
         "interleaved, and print a table; the full report goes to --out as JSON.",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke test: seconds, not minutes")

@@ -15,7 +15,6 @@ import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lfv_edge.commands import Subparsers
 from lfv_edge.errors import ConfigError, TransportError
@@ -29,13 +28,7 @@ from lfv_edge.service.config import (
     read_config_mapping,
 )
 
-if TYPE_CHECKING:  # imported for real inside the functions, so `--help` stays instant
-    from lfv_edge.agent.server import AgentServer
-    from lfv_edge.transports.mqtt import MqttTransport
-
 logger = logging.getLogger(__name__)
-
-DEFAULT_STOP_TIMEOUT_S = 30.0  # Greengrass waits (timeout in the recipe) before SIGKILL
 
 
 def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
@@ -48,13 +41,6 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
         "(flags win); each flag names its configuration key. See docs/mqtt.md.",
     )
     parser.add_argument("--config", metavar="FILE", help="JSON configuration file")
-    parser.add_argument(
-        "--stop-timeout",
-        type=float,
-        default=DEFAULT_STOP_TIMEOUT_S,
-        metavar="S",
-        help=f"on SIGTERM, time to finish and publish (default {DEFAULT_STOP_TIMEOUT_S:g})",
-    )
     add_config_flags(parser)
     parser.set_defaults(handler=run_serve)
 
@@ -97,6 +83,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Servic
 
 def run_serve(args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or a fatal transport error (TransportError, exit 1)."""
+    from lfv_edge.host import build_companions, start_companions, stop_companions
     from lfv_edge.service.messages import environment_identity
     from lfv_edge.service.process import exit_now, on_stop_signals
     from lfv_edge.service.wiring import build_service, load_inspector
@@ -120,7 +107,7 @@ def run_serve(args: argparse.Namespace) -> int:
         environ=environ,
     )
     service = build_service(config, inspector, [transport], environ)
-    agent = _agent_beside(config, transport)
+    companions = build_companions(config, service, transport, environ)
     logger.info(
         "serve model=%s version=%s queue=%d overflow=%s broker=%s requests=%s",
         package.name,
@@ -144,35 +131,19 @@ def run_serve(args: argparse.Namespace) -> int:
             stop.set()
 
         threading.Thread(target=watch, name="lfv-serve-watch", daemon=True).start()
-        if agent is not None:
-            agent.start()
+        try:
+            start_companions(companions)
+        except BaseException:
+            service.stop(config.stop_timeout_s)
+            raise
         stop.wait()
-        if agent is not None:
-            agent.stop(grace_s=args.stop_timeout)
-        drained = service.stop(args.stop_timeout)
+        stop_companions(companions, config.stop_timeout_s / 4)
+        drained = service.stop(config.stop_timeout_s)
     if service.fatal_reason is not None:
         exit_now(1, f"lfv-edge: {service.fatal_reason}")
     if not drained:
         exit_now(
             1,
-            f"lfv-edge serve: requests still in flight after --stop-timeout {args.stop_timeout:g} s",
+            f"lfv-edge serve: requests still in flight after stopTimeoutS {config.stop_timeout_s:g} s",
         )
     exit_now(0)
-
-
-def _agent_beside(config: ServiceConfig, transport: MqttTransport) -> AgentServer | None:
-    """The Edge Agent gRPC socket in this process, when the config has an `agent` section.
-
-    With `agent.publishResults`, each gRPC verdict is also published on the results topic.
-    """
-    if config.agent is None:
-        return None
-    from lfv_edge.agent.server import AgentServer, verdict_publisher
-
-    assert config.mqtt is not None  # noqa: S101 - build_config checked
-    on_verdict = (
-        verdict_publisher(transport, config.mqtt.results_topic)
-        if config.agent.publish_results
-        else None
-    )
-    return AgentServer.from_service_config(config, on_verdict=on_verdict)

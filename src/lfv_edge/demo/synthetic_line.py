@@ -39,7 +39,7 @@ __all__ = [
 
 SURFACES = ("metal", "textile", "wood", "pcb")
 DEFECTS = ("scratch", "stain", "crack", "dent")
-# Index i of a mask is LABEL_NAMES[i]; LFV lists "background" first (lfv-model-package.md §7).
+# Index i of a mask is LABEL_NAMES[i]; LFV lists "background" first (docs/model-packages.md §7).
 LABEL_NAMES = ("background", *DEFECTS)
 # Each split draws its seeds from its own stream, so splits never share an image.
 SPLITS = {"train": 0, "validation": 1, "test": 2}

@@ -32,6 +32,7 @@ from lfv_edge.errors import ConfigError, LfvEdgeError, TransportError
 from lfv_edge.service.config import ServiceConfig
 
 if TYPE_CHECKING:  # the real imports happen in the handler: `lfv-edge --help` stays instant
+    from lfv_edge.host import Companion
     from lfv_edge.service.core import Service
     from lfv_edge.transports.ipc import IpcComponentConfig, IpcConnection, IpcTransport
 
@@ -43,10 +44,13 @@ DEBOUNCE_S = 1.0  # the nucleus sends one event per changed leaf: wait for the b
 _MAX_DEBOUNCE_S = 5.0  # … but apply a never-ending trickle of changes at least this often
 # Short: the nucleus force-kills a component that does not stop in time (15 s is the default
 # timeout of lifecycle steps such as Shutdown).
-DRAIN_TIMEOUT_S = 10.0
+# What the component gives itself to stop when its configuration does not say (stopTimeoutS):
+# the nucleus sends SIGKILL 5 s after SIGTERM (fixed: aws-greengrass-nucleus util/Exec.java,
+# gracefulShutdownTimeout), and the process still has to exit after draining.
+DRAIN_TIMEOUT_S = 4.0
 
 
-def run_component(*, debounce_s: float, drain_timeout_s: float) -> NoReturn:
+def run_component(*, debounce_s: float, drain_timeout_s: float | None) -> NoReturn:
     """The component's Run step: serve until SIGTERM or a fatal error, then exit the process."""
     from lfv_edge.service.process import exit_now, install_logging, on_stop_signals
     from lfv_edge.transports.ipc import IpcComponentConfig, IpcConnection
@@ -83,7 +87,7 @@ class GreengrassComponent:
         environ: Mapping[str, str] = os.environ,
         *,
         debounce_s: float = DEBOUNCE_S,
-        drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        drain_timeout_s: float | None = None,  # None: the configuration's stopTimeoutS
     ) -> None:
         self._connection = connection
         self._component_config = component_config
@@ -97,6 +101,7 @@ class GreengrassComponent:
         self._config: ServiceConfig | None = None
         self._service: Service | None = None
         self._transport: IpcTransport | None = None
+        self._companions: list[Companion] = []  # beside the service (host.py)
         self.applied = 0  # configuration updates applied (for logs and tests)
 
     # --- start ------------------------------------------------------------------------------
@@ -109,6 +114,7 @@ class GreengrassComponent:
             ModelPackageError: the model cannot be used (exit 3).
             TransportError: a subscription was denied or the nucleus did not answer (exit 1).
         """
+        from lfv_edge.host import build_companions, start_companions
         from lfv_edge.service.wiring import build_service, load_inspector
         from lfv_edge.transports.ipc import IpcTransport
 
@@ -130,6 +136,8 @@ class GreengrassComponent:
             )
             self._applier.start()
             service.start()
+            self._companions = build_companions(config, service, transport, self._environ)
+            start_companions(self._companions)
             self._connection.update_state("RUNNING")
         except LfvEdgeError as exc:
             logger.error("cannot start: %s", exc)
@@ -162,9 +170,19 @@ class GreengrassComponent:
         threading.Thread(target=self._stop_service, name="lfv-stop", daemon=True).start()
 
     def _stop_service(self) -> None:
+        from lfv_edge.host import stop_companions
+
         self._started.wait()  # set by start(), whether it succeeded or not
+        budget = self._stop_budget_s()
+        started = time.monotonic()
+        stop_companions(self._companions, budget / 4)
         if self._service is not None:
-            self._service.stop(self._drain_timeout_s)
+            self._service.stop(max(budget - (time.monotonic() - started), 0.5))
+
+    def _stop_budget_s(self) -> float:
+        if self._drain_timeout_s is not None:
+            return self._drain_timeout_s
+        return self._config.stop_timeout_s if self._config is not None else DRAIN_TIMEOUT_S
 
     def wait(self) -> int:
         """Block until the service stopped; EXIT_FATAL if a transport failure stopped it."""
@@ -182,7 +200,7 @@ class GreengrassComponent:
         self._stopping.set()
         self._events.put(_STOP)
         if self._applier is not None:
-            self._applier.join(self._drain_timeout_s)
+            self._applier.join(self._stop_budget_s())
         self._component_config.stop()
 
     # --- configuration updates -------------------------------------------------------------------
@@ -289,8 +307,18 @@ class GreengrassComponent:
             model.path == old_model.path
             and model.device == old_model.device
             and (
-                (model.threshold_override, dict(model.colors), new.limits)
-                != (old_model.threshold_override, dict(old_model.colors), old.limits)
+                (
+                    model.threshold_override,
+                    dict(model.colors),
+                    model.lookout_vision_model_arn,
+                    new.limits,
+                )
+                != (
+                    old_model.threshold_override,
+                    dict(old_model.colors),
+                    old_model.lookout_vision_model_arn,
+                    old.limits,
+                )
             )
         ):
             # Same model: a new Inspector around the same runner is instant.

@@ -86,6 +86,8 @@ class Prepared:
     image_size: tuple[int, int]  # (height, width) of the original image
     decode_ms: float
     preprocess_ms: float
+    pixels: NDArray[np.uint8] | None = None  # the decoded image, when asked to keep it
+    order: ChannelOrder = "bgr"  # of `pixels`
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,7 @@ class Inspector:
     ) -> None:
         self.package = package
         self.runner = runner
+        self.model_arn = ""  # LFV's model ARN where configured (reported with each verdict)
         self.device = device
         self.limits = limits
         self.preprocessor = Preprocessor(package.manifest.stage)
@@ -150,8 +153,7 @@ class Inspector:
             device,
             library=package.library,
             library_sha256=package.library_sha256,
-            meta_device=package.stage.meta_device,
-            device_code=package.stage.device_code,
+            meta_device=package.stage.target_device,
             facts=facts or HostFacts.probe(),
         )
         logger.info("device %s (%s)", choice.device, choice.reason)
@@ -178,18 +180,36 @@ class Inspector:
         check_size(width, height, self.limits, "frame")
         return source.pixels, source.order
 
-    def prepare(self, source: ImageSource, out: NDArray[np.float32] | None = None) -> Prepared:
-        """Decode and pre-process (not thread-safe: one caller at a time)."""
+    def prepare(
+        self,
+        source: ImageSource,
+        out: NDArray[np.float32] | None = None,
+        *,
+        keep_pixels: bool = False,
+        preprocessor: Preprocessor | None = None,
+    ) -> Prepared:
+        """Decode and pre-process.
+
+        A `Preprocessor` keeps scratch buffers, so one is used by one thread at a time: callers
+        preparing in parallel pass one each (`new_preprocessor()`); the default is the
+        inspector's own. `keep_pixels`: keep the decoded image (thumbnails, kept images).
+        """
         start = time.perf_counter()
         pixels, order = self.decode(source)
         decoded = time.perf_counter()
-        tensor = self.preprocessor(pixels, order, out)
+        tensor = (preprocessor or self.preprocessor)(pixels, order, out)
         return Prepared(
             tensor=tensor,
             image_size=(int(pixels.shape[0]), int(pixels.shape[1])),
             decode_ms=(decoded - start) * 1000.0,
             preprocess_ms=_elapsed_ms(decoded),
+            pixels=pixels if keep_pixels else None,
+            order=order,
         )
+
+    def new_preprocessor(self) -> Preprocessor:
+        """Another pre-processor for this model (one per thread that prepares)."""
+        return Preprocessor(self.package.manifest.stage)
 
     def infer(self, prepared: Prepared) -> tuple[list[NDArray[np.float32]], float]:
         """Run the model; returns the outputs and the run time in ms."""

@@ -1,6 +1,6 @@
 """LFV post-processing, exactly: model outputs → `Verdict` → LFV's `DetectAnomalyResult` JSON.
 
-The rules (lfv-model-package.md §7–§8, from AWS's own LFV processing code):
+The rules (docs/model-packages.md §7–§8, from AWS's own LFV processing code):
 
 * score — classification head: sum of the probabilities of the classes not in
   `class_normal_ids` (float32, as LFV sums); optional sigmoid calibration. Segmentation head

@@ -1,6 +1,6 @@
 """LFV pre-processing, exactly: image → `[1, 3, H, W]` float32 input tensor. One of two cv2 users.
 
-The rule (lfv-model-package.md §6, from AWS's own LFV processing code):
+The rule (docs/model-packages.md §6, from AWS's own LFV processing code):
 
 1. `cv2.resize` to (image_width, image_height) with `INTER_AREA` (or the stage's
    `interpolation`), applied to the image as it is (gray, RGB or RGBA);

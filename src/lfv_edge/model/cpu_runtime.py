@@ -40,7 +40,7 @@ DLR_WHEEL_NAME = "dlr-1.6.0-py2.py3-none-manylinux1_x86_64.whl"
 DLR_WHEEL_SHA256 = "cb9672db941537567005d6c5ea98a03ede8ca4c8f8c51db4fcfa49d83d3c75cf"
 LIBDLR_MEMBER = "dlr-1.6.0.data/data/dlr/libdlr.so"
 LIBDLR_SHA256 = "570d8e462cd1f4f6d997e150d6d0eea0026010098194bef62d1ad4f8e1196ca7"
-# The 1.6.0 wheel's library registers only the CPU device API (dlr-runtime.md §1).
+# The 1.6.0 wheel's library registers only the CPU device API (docs/dlr-runtime.md §1).
 CPU_ONLY_LIBDLR_SHA256 = frozenset({LIBDLR_SHA256})
 
 RUNTIME_DIR_ENV = "LFV_EDGE_RUNTIME_DIR"

@@ -1,22 +1,19 @@
 """Choosing the inference device: `auto`, `cpu` or `gpu`, decided before DLR ever loads.
 
 A GPU run needs all four of: an NVIDIA GPU on this machine, a `libdlr.so` built with CUDA
-(the PyPI 1.6.0 library is CPU-only), a model compiled for the GPU (`.meta` says `gpu`, or
-the kernel library carries CUDA device code), and every CUDA/TensorRT library that
-`libdlr.so` links against. When one is missing, DLR either
+(the PyPI 1.6.0 library is CPU-only), a model compiled for the GPU (`.meta` may say `cpu`), and
+every CUDA/TensorRT library that `libdlr.so` links against. When one is missing, DLR either
 dies inside `dlopen` with "No such file or directory" or fails with an empty error, so we
 check each one and say which it is. `auto` picks the GPU only when all four hold.
 
-Pure: reads files and `/proc`, runs `ldconfig -p` once; no dlr, no cv2.
+Pure: reads files and `/proc`, runs `ldconfig -p` once (linker.py); no dlr, no cv2.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,6 +21,7 @@ from typing import Literal
 from lfv_edge.errors import DeviceError
 from lfv_edge.model.cpu_runtime import CPU_ONLY_LIBDLR_SHA256
 from lfv_edge.model.elf import SharedObject
+from lfv_edge.model.linker import LibrarySearch
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +43,6 @@ GPU_DEVICE_FILES = (
     "/proc/driver/nvidia/version",
     "/dev/nvhost-ctrl-gpu",
 )
-_DEFAULT_LIBRARY_DIRS = (
-    "/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib",
-    "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu",
-    "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
-)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,34 +58,15 @@ class HostFacts:
     """What the device decision needs to know about this machine (injectable for tests)."""
 
     gpu_present: bool
-    library_names: frozenset[str]  # sonames the dynamic loader can find (ldconfig -p)
-    library_dirs: tuple[str, ...]  # LD_LIBRARY_PATH + default folders
+    libraries: LibrarySearch  # how the dynamic linker finds libraries here
 
     @classmethod
     def probe(cls, environ: Mapping[str, str] = os.environ) -> HostFacts:
         """Read the facts from this machine."""
-        dirs = [d for d in environ.get("LD_LIBRARY_PATH", "").split(":") if d]
-        dirs += list(_DEFAULT_LIBRARY_DIRS)
         return cls(
             gpu_present=any(Path(p).exists() for p in GPU_DEVICE_FILES),
-            library_names=_ldconfig_names(),
-            library_dirs=tuple(dirs),
+            libraries=LibrarySearch.of_this_machine(environ),
         )
-
-
-@functools.cache
-def _ldconfig_names() -> frozenset[str]:
-    for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"):
-        try:
-            completed = subprocess.run(
-                [ldconfig, "-p"], capture_output=True, text=True, timeout=10, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if completed.returncode == 0:
-            names = {line.split()[0] for line in completed.stdout.splitlines()[1:] if line.strip()}
-            return frozenset(names)
-    return frozenset()
 
 
 def gpu_libraries(library: SharedObject) -> list[str]:
@@ -101,15 +75,8 @@ def gpu_libraries(library: SharedObject) -> list[str]:
 
 
 def missing_libraries(library: SharedObject, facts: HostFacts) -> list[str]:
-    """DT_NEEDED entries of `library` that the dynamic loader would not find."""
-    search: Iterable[str] = (*library.search_paths, *facts.library_dirs)
-    dirs = [Path(d) for d in search]
-    missing = []
-    for name in library.needed:
-        if name in facts.library_names or any((d / name).exists() for d in dirs):
-            continue
-        missing.append(name)
-    return missing
+    """Libraries `library` needs, directly or not, that the dynamic linker would not find."""
+    return facts.libraries.link(library).missing_names
 
 
 def choose_device(
@@ -119,7 +86,6 @@ def choose_device(
     library_sha256: str,
     meta_device: str | None,
     facts: HostFacts,
-    device_code: Sequence[str] = (),
 ) -> DeviceChoice:
     """Decide cpu or gpu for a package; raise when the request cannot work.
 
@@ -127,10 +93,10 @@ def choose_device(
         requested: `auto`, `cpu` or `gpu`.
         library: the `libdlr.so` that will be loaded (package's own or the CPU runtime).
         library_sha256: its checksum (the PyPI 1.6.0 library is known to be CPU-only).
-        meta_device: `Requirements.TargetDeviceType` from the stage's `.meta`, if any.
+        meta_device: what the model is compiled for, if known: `gpu` when its kernel library
+            carries CUDA/TensorRT modules, else `Requirements.TargetDeviceType` of its `.meta`
+            (`FolderCheck.target_device`).
         facts: this machine's GPU and loader facts.
-        device_code: module kinds packed into the kernel library (`("cuda",)` for a GPU
-            build; preflight's `StageCheck.device_code`).
 
     Raises:
         DeviceError: says exactly which GPU condition fails, or that a GPU-compiled model
@@ -140,13 +106,6 @@ def choose_device(
     missing = missing_libraries(library, facts)
     lib_name = str(library.path)
     problems: list[str] = []
-    cuda_code = "cuda" in device_code
-    if cuda_code and meta_device not in (None, "gpu"):
-        msg = (
-            f"the package contradicts itself: its kernel library carries CUDA device code but "
-            f".meta TargetDeviceType says {meta_device!r}"
-        )
-        raise DeviceError(msg)
     if not facts.gpu_present:
         problems.append(
             "no NVIDIA GPU was found on this machine (no /dev/nvidia* or Jetson GPU node)"
@@ -168,13 +127,12 @@ def choose_device(
         return DeviceChoice("gpu", "requested, and GPU, CUDA runtime and libraries are present")
     if requested == "auto" and not problems:
         return DeviceChoice("gpu", "auto: NVIDIA GPU and a CUDA build of libdlr.so are present")
-    if meta_device == "gpu" or cuda_code:
-        why = (
-            ".meta TargetDeviceType 'gpu'"
-            if meta_device == "gpu"
-            else "its kernel library carries CUDA device code"
+    if meta_device == "gpu":
+        msg = (
+            "this model is compiled for the GPU (its .meta, or CUDA/TensorRT modules in its "
+            "kernel library) and "
+            "cannot run on the CPU"
         )
-        msg = f"this package's model is compiled for the GPU ({why}) and cannot run on the CPU"
         if requested == "auto" and problems:
             msg += "; and GPU inference is not possible here: " + "; ".join(problems)
         raise DeviceError(msg)

@@ -2,7 +2,7 @@
 
 Why: a kernel `.so` truncated after a valid header kills the process with SIGBUS inside
 `dlopen`, a foreign-architecture library fails with a misleading "No such file or directory",
-and a graph that names a kernel the `.so` lacks fails deep inside TVM (dlr-runtime.md §7).
+and a graph that names a kernel the `.so` lacks fails deep inside TVM (docs/dlr-runtime.md §7).
 Reading the headers first turns all of these into plain messages. We also read `DT_NEEDED`
 to tell whether a package's `libdlr.so` is a GPU build and which CUDA/TensorRT libraries it needs.
 
@@ -20,12 +20,12 @@ from pathlib import Path
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS64 = 2
 ELFDATA2LSB = 1
-ET_DYN = 3
+ET_EXEC, ET_DYN = 2, 3
 PT_LOAD = 1
 SHT_DYNSYM = 11
 SHT_DYNAMIC = 6
 SHN_UNDEF = 0
-STB_WEAK = 2
+STB_LOCAL, STB_WEAK = 0, 2
 DT_NULL, DT_NEEDED, DT_RPATH, DT_RUNPATH = 0, 1, 15, 29
 _HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")
@@ -49,15 +49,37 @@ class SharedObject:
     machine: int
     defined_symbols: frozenset[str]
     needed: tuple[str, ...]
-    search_paths: tuple[str, ...]  # DT_RPATH/DT_RUNPATH entries, $ORIGIN expanded
     # Strong undefined symbols: the dynamic linker must find each in a library already loaded
     # or in `needed`, or dlopen fails (RTLD_NOW) or the process dies at the first call (LAZY).
     undefined_symbols: frozenset[str] = frozenset()
+    # DT_RPATH and DT_RUNPATH entries, $ORIGIN expanded; the linker treats them differently
+    # (linker.py): RPATH is searched before LD_LIBRARY_PATH and only when RUNPATH is absent.
+    rpath: tuple[str, ...] = ()
+    runpath: tuple[str, ...] = ()
 
     @property
     def machine_name(self) -> str:
         """Human name of the ELF machine (`x86-64`, `aarch64`, …)."""
-        return MACHINE_NAMES.get(self.machine, f"machine 0x{self.machine:X}")
+        return machine_name(self.machine)
+
+    @property
+    def search_paths(self) -> tuple[str, ...]:
+        """Every folder this object names for finding its `needed` libraries."""
+        return (*self.rpath, *self.runpath)
+
+
+def machine_name(machine: int) -> str:
+    """Human name of an ELF machine code."""
+    return MACHINE_NAMES.get(machine, f"machine 0x{machine:X}")
+
+
+def read_machine(path: Path) -> int | None:
+    """The ELF machine code in a file's header, or None when it is not a 64-bit ELF file."""
+    with path.open("rb") as stream:
+        head = stream.read(_HEADER.size)
+    if len(head) < _HEADER.size or head[:4] != ELF_MAGIC or head[4] != ELFCLASS64:
+        return None
+    return int(_HEADER.unpack_from(head)[2])
 
 
 def host_machine() -> int | None:
@@ -65,12 +87,15 @@ def host_machine() -> int | None:
     return _HOST_MACHINES.get(platform.machine().lower())
 
 
-def read_shared_object(path: Path, *, expected_machine: int | None = None) -> SharedObject:
+def read_shared_object(
+    path: Path, *, expected_machine: int | None = None, executable: bool = False
+) -> SharedObject:
     """Read and check a shared object's headers.
 
     Args:
         path: the `.so` file.
         expected_machine: ELF machine code that must match (default: this host's).
+        executable: also accept a program (`ET_EXEC`), e.g. the Python interpreter.
 
     Raises:
         ElfError: not ELF, wrong class/endianness/type/machine, or truncated/corrupt tables.
@@ -85,15 +110,12 @@ def read_shared_object(path: Path, *, expected_machine: int | None = None) -> Sh
     if ident[4] != ELFCLASS64 or ident[5] != ELFDATA2LSB:
         msg = f"{name} is not a 64-bit little-endian ELF file"
         raise ElfError(msg)
-    if e_type != ET_DYN:
+    if e_type != ET_DYN and not (executable and e_type == ET_EXEC):
         msg = f"{name} is an ELF file of type {e_type}, not a shared object (3)"
         raise ElfError(msg)
     wanted = host_machine() if expected_machine is None else expected_machine
     if wanted is not None and e_machine != wanted:
-        msg = (
-            f"{name} is built for {MACHINE_NAMES.get(e_machine, hex(e_machine))}, "
-            f"this machine needs {MACHINE_NAMES.get(wanted, hex(wanted))}"
-        )
+        msg = f"{name} is built for {machine_name(e_machine)}, this machine needs {machine_name(wanted)}"
         raise ElfError(msg)
     if e_phentsize != _PHDR.size or e_shentsize != _SHDR.size:
         msg = f"{name}: unexpected program/section header sizes; the file is corrupt"
@@ -111,7 +133,7 @@ def read_shared_object(path: Path, *, expected_machine: int | None = None) -> Sh
     symbols: set[str] = set()
     undefined: set[str] = set()
     needed: list[str] = []
-    search: list[str] = []
+    paths: dict[int, list[str]] = {DT_RPATH: [], DT_RUNPATH: []}
     for (
         _sh_name,
         sh_type,
@@ -140,7 +162,8 @@ def read_shared_object(path: Path, *, expected_machine: int | None = None) -> Sh
                 if not st_name:
                     continue
                 if st_shndx != SHN_UNDEF:
-                    symbols.add(_c_string(strings, st_name))
+                    if st_info >> 4 != STB_LOCAL:  # a local symbol binds nothing outside
+                        symbols.add(_c_string(strings, st_name))
                 elif st_info >> 4 != STB_WEAK:
                     undefined.add(_c_string(strings, st_name))
         else:
@@ -151,9 +174,9 @@ def read_shared_object(path: Path, *, expected_machine: int | None = None) -> Sh
                     break
                 if tag == DT_NEEDED:
                     needed.append(_c_string(strings, value))
-                elif tag in {DT_RPATH, DT_RUNPATH}:
+                elif tag in paths:
                     origin = str(path.resolve().parent)
-                    search.extend(
+                    paths[tag].extend(
                         entry.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
                         for entry in _c_string(strings, value).split(":")
                     )
@@ -162,8 +185,9 @@ def read_shared_object(path: Path, *, expected_machine: int | None = None) -> Sh
         machine=e_machine,
         defined_symbols=frozenset(symbols),
         needed=tuple(needed),
-        search_paths=tuple(search),
         undefined_symbols=frozenset(undefined),
+        rpath=tuple(paths[DT_RPATH]),
+        runpath=tuple(paths[DT_RUNPATH]),
     )
 
 

@@ -1,6 +1,6 @@
 """`manifest.json` of a Lookout for Vision edge package → a typed, checked `Manifest`.
 
-The manifest is the single source of truth for pre- and post-processing (lfv-model-package.md
+The manifest is the single source of truth for pre- and post-processing (docs/model-packages.md
 §5). Every error names the JSON path and what was expected, e.g.
 `manifest.json: model_graph.stages[0].threshold: expected a number, got "0.5"`.
 
@@ -26,7 +26,7 @@ KNOWN_GRAPH_TYPES = (
     "two_stage_model_graph_bbox",
 )
 SUPPORTED_STAGE_TYPE = "mochi"
-# Stage codenames from AWS's open-source LFV processing code (lfv-model-package.md §5).
+# Stage codenames from AWS's open-source LFV processing code (docs/model-packages.md §5).
 KNOWN_STAGE_TYPES = {
     "mochi": "supervised multi-head model",
     "dango": "supervised multi-head bbox model",

@@ -8,8 +8,11 @@
 Owns: finding the package root, reading the manifest, pre-flight of the stage folder
 (preflight.py), choosing the `libdlr.so` (the package's own, else the CPU runtime from
 cpu_runtime.py) and checking the graph's input and outputs against the manifest's heads.
-Does not import dlr or cv2 and loads nothing into the process: a package that passes here
-is one DLR will load, or whose failure we can explain.
+
+A bare DLR model folder (a stage folder without `manifest.json`, as TVM or SageMaker Neo
+write them) is read by `read_model_folder`: the same pre-flight and runtime choice, no LFV
+rules. `open_model` takes either. Does not import dlr or cv2 and loads nothing into the
+process: a model that passes here is one DLR will load, or whose failure we can explain.
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ from lfv_edge.model import cpu_runtime
 from lfv_edge.model.archive import ZipLimits, extract_package_zip
 from lfv_edge.model.elf import SharedObject
 from lfv_edge.model.manifest import Manifest, decode_manifest
-from lfv_edge.model.preflight import StageCheck, check_libdlr, check_stage
+from lfv_edge.model.preflight import (
+    FolderCheck,
+    StageCheck,
+    check_libdlr,
+    check_model_folder,
+    check_stage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +74,47 @@ class ModelPackage:
         return self.stage.files.graph_json.parent
 
 
-def _find_root(folder: Path) -> Path:
+@dataclass(frozen=True, slots=True)
+class ModelFolder:
+    """A bare DLR model folder that passed every pre-flight check."""
+
+    source: Path
+    stage: FolderCheck
+    library: SharedObject
+    library_sha256: str
+    library_origin: Literal["folder", "cpu-runtime"]
+    name: str
+    version: str  # "sha256:<12 hex>" of graph + params + kernel library
+
+    @property
+    def stage_dir(self) -> Path:
+        """The folder DLR loads."""
+        return self.stage.files.graph_json.parent
+
+
+def _package_root(folder: Path) -> Path | None:
     if (folder / MANIFEST).is_file():
         return folder
     candidates = [p for p in folder.iterdir() if p.is_dir() and (p / MANIFEST).is_file()]
     if len(candidates) == 1:  # zips made by "compress folder" wrap the package in one folder
         return candidates[0]
-    msg = f"{folder}: no {MANIFEST} (looked in the folder and its sub-folders); is this an LFV model package?"
-    raise ModelPackageError(msg)
+    return None
+
+
+def _find_root(folder: Path) -> Path:
+    root = _package_root(folder)
+    if root is None:
+        msg = f"{folder}: no {MANIFEST} (looked in the folder and its sub-folders); is this an LFV model package?"
+        raise ModelPackageError(msg)
+    return root
+
+
+def _runtime(stage: FolderCheck) -> tuple[SharedObject, str, bool]:
+    """The `libdlr.so` a folder runs with, its sha256, and whether it is the folder's own."""
+    if stage.libdlr is not None:
+        return stage.libdlr, cpu_runtime.sha256_of(stage.libdlr.path), True
+    runtime = cpu_runtime.require_cpu_runtime()
+    return check_libdlr(runtime.library), runtime.sha256, False
 
 
 def _digest(paths: list[Path]) -> str:
@@ -181,13 +223,8 @@ def read_model_package(
     stage_dir = root / manifest.stage.type
     stage = check_stage(stage_dir)
     outputs = _output_layout(manifest, stage, stage_dir)
-    if stage.libdlr is not None:
-        library, origin = stage.libdlr, "package"
-        library_sha = cpu_runtime.sha256_of(library.path)
-    else:
-        runtime = cpu_runtime.require_cpu_runtime()
-        library, origin = check_libdlr(runtime.library), "cpu-runtime"
-        library_sha = runtime.sha256
+    library, library_sha, own = _runtime(stage)
+    origin = "package" if own else "cpu-runtime"
     if not version_paths:
         version_paths = [root / MANIFEST, stage.files.graph_json, stage.files.params]
     version = "sha256:" + _digest(version_paths)[:12]
@@ -203,3 +240,35 @@ def read_model_package(
         name=name,
         version=version,
     )
+
+
+def read_model_folder(folder: Path) -> ModelFolder:
+    """Check and describe a bare DLR model folder (graph JSON, `.params`, kernel `.so`).
+
+    Raises:
+        ModelPackageError: the folder is missing, malformed, for another machine, or would
+            crash DLR (the message names the file and why); `RuntimeProvisionError` when it
+            has no libdlr.so and the CPU runtime is not installed.
+    """
+    if not folder.is_dir():
+        msg = f"{folder}: no such folder"
+        raise ModelPackageError(msg)
+    stage = check_model_folder(folder)
+    library, library_sha, own = _runtime(stage)
+    files = stage.files
+    return ModelFolder(
+        source=folder,
+        stage=stage,
+        library=library,
+        library_sha256=library_sha,
+        library_origin="folder" if own else "cpu-runtime",
+        name=folder.resolve().name,
+        version="sha256:" + _digest([files.graph_json, files.params, files.kernel_lib])[:12],
+    )
+
+
+def open_model(source: Path) -> ModelPackage | ModelFolder:
+    """An LFV package (zip, or folder with `manifest.json`) or else a bare DLR model folder."""
+    if source.is_dir() and _package_root(source) is None:
+        return read_model_folder(source)
+    return read_model_package(source)

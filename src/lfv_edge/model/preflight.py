@@ -2,7 +2,7 @@
 
 libdlr 1.6.0 accepts several broken folders silently (a missing or reshaped weight, the data
 input not first) and dies by SIGBUS on others (a truncated `.so`); its load errors arrive
-with an empty message (dlr-runtime.md §7). This module finds those problems first and says
+with an empty message (docs/dlr-runtime.md §7). This module finds those problems first and says
 which file is wrong and how:
 
 * path: exists, no `:` (DLR splits paths on it), ASCII only (DLR decodes errors as ASCII);
@@ -10,13 +10,20 @@ which file is wrong and how:
   `hyperparams.json`; `version.json` and `._*` count as extra), one `*.params`, one kernel
   `*.so` (not `libdlr.so`), at most one `*.meta`, no `*.tensorrt`;
 * graph: parses and is well formed (tvm_graph.py); `.params`: decodes (tvm_params.py), every
-  weight has the graph's exact shape and dtype, exactly one argument is not a weight and it is
-  the first (the data input), float32 `[1, 3, H, W]`;
-* kernel `.so` and `libdlr.so`: complete ELF shared objects for this machine; every kernel the
-  graph calls is exported; `libdlr.so` exports the C API the dlr Python layer calls;
-* `.meta`: valid JSON; its device type is read for the device decision;
-* device code: the modules packed into the kernel `.so` (`__tvm_dev_mblob`, e.g. a CUDA
-  module in a GPU build) read and named, for the device decision.
+  weight has the graph's exact shape and dtype;
+* kernel `.so` and `libdlr.so`: complete ELF shared objects for this machine (a foreign
+  architecture is named, with the device modules it carries); the modules packed in the
+  kernel library (`__tvm_dev_mblob`, tvm_blob.py) are read; every function the graph calls is
+  exported or lives in one of those modules (a TensorRT subgraph); every library it needs is
+  found and every strong undefined symbol is defined by them or by this process's global scope
+  (linker.py) — else DLR fails, or kills the process with "symbol lookup error";
+  `libdlr.so` exports the C API the dlr Python layer calls;
+* `.meta`: valid JSON; its device type is read for the device decision.
+
+`check_model_folder` runs these on any DLR/TVM model folder; `check_stage` adds the rules of
+an LFV stage: exactly one argument is not a weight (else a weight is missing and DLR would run
+on uninitialised memory), it is the first (DLR reads input shapes by position), float32
+`[1, 3, H, W]`.
 
 Pure: no dlr, no cv2.
 """
@@ -25,13 +32,22 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from lfv_edge.errors import ModelPackageError
-from lfv_edge.model.elf import ElfError, SharedObject, read_shared_object, read_symbol_data
-from lfv_edge.model.tvm_blob import BLOB_SYMBOL, BlobError, parse_module_blob
-from lfv_edge.model.tvm_graph import Graph, GraphFormatError, parse_graph
+from lfv_edge.model.elf import (
+    ElfError,
+    SharedObject,
+    host_machine,
+    machine_name,
+    read_machine,
+    read_shared_object,
+    read_symbol_data,
+)
+from lfv_edge.model.linker import Linked, ProcessLinking
+from lfv_edge.model.tvm_blob import BLOB_SYMBOL, BlobError, ModuleBlob, parse_module_blob
+from lfv_edge.model.tvm_graph import Graph, GraphFormatError, TensorSpec, parse_graph
 from lfv_edge.model.tvm_params import ParamsFormatError, decode_params
 
 logger = logging.getLogger(__name__)
@@ -45,6 +61,8 @@ LIBDLR_API = frozenset(
         "GetDLRVersion", "DLRGetLastError",
     }
 )  # fmt: skip
+# Module kinds that only a GPU build of DLR can run (a CUDA module, TensorRT subgraphs).
+GPU_MODULE_KINDS = frozenset({"cuda", "tensorrt"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,20 +77,39 @@ class StageFiles:
 
 
 @dataclass(frozen=True, slots=True)
-class StageCheck:
-    """Everything pre-flight learned about a stage folder."""
+class FolderCheck:
+    """Everything pre-flight learned about a DLR model folder."""
 
     files: StageFiles
     graph: Graph
-    input_name: str
-    input_shape: tuple[int, ...]
+    inputs: tuple[TensorSpec, ...]  # graph arguments without a stored value, in input order
     weight_names: tuple[str, ...]
+    weight_bytes: int
     unused_weights: tuple[str, ...]
     kernel: SharedObject
+    kernel_linked: Linked  # the kernel library and the libraries it links
+    modules: ModuleBlob | None  # what `__tvm_dev_mblob` holds, if the kernel library has one
     libdlr: SharedObject | None
     meta_device: str | None
     output_names: tuple[str, ...]
-    device_code: tuple[str, ...] = ()  # module kinds in __tvm_dev_mblob, e.g. ("cuda",)
+
+    @property
+    def target_device(self) -> str | None:
+        """What the model is compiled for: `gpu` with CUDA/TensorRT modules, else `.meta`'s device.
+
+        The modules win over a `.meta` that says otherwise: only a GPU build of DLR can load them.
+        """
+        if self.modules is not None and GPU_MODULE_KINDS & set(self.modules.kinds):
+            return "gpu"
+        return self.meta_device
+
+
+@dataclass(frozen=True, slots=True)
+class StageCheck(FolderCheck):
+    """A folder that also follows LFV's stage rules: one float32 [1, 3, H, W] data input."""
+
+    input_name: str
+    input_shape: tuple[int, ...]
 
 
 def _fail(stage_dir: Path, problem: str) -> ModelPackageError:
@@ -105,14 +142,22 @@ def find_stage_files(stage_dir: Path) -> StageFiles:
         )
     graphs = [
         p for p in files if p.suffix == ".json" and p.name not in IGNORED_JSON
-    ]  # version.json and AppleDouble ._x.json count too: DLR counts them (dlr-runtime.md §3)
+    ]  # version.json and AppleDouble ._x.json count too: DLR counts them (docs/dlr-runtime.md §3)
     params = [p for p in files if p.suffix == ".params"]
     kernels = [p for p in files if p.suffix == ".so" and not p.name.endswith("libdlr.so")]
     metas = [p for p in files if p.suffix == ".meta"]
     for role, found in (("graph *.json", graphs), ("*.params", params), ("kernel *.so", kernels)):
         if not found:
             hint = " (files in sub-folders are not seen)" if any(stage_dir.glob("*/*")) else ""
-            raise _fail(stage_dir, f"no {role} file; found: {names}{hint}")
+            why = (
+                " (without one DLR takes the folder for a Treelite model and fails with an "
+                "unrelated message)"
+                if role == "*.params"
+                else ""
+            )
+            foreign = foreign_binaries(stage_dir)
+            prefix = f"{foreign}; " if foreign else ""
+            raise _fail(stage_dir, f"{prefix}no {role} file{why}; found: {names}{hint}")
         if len(found) > 1:
             listed = ", ".join(p.name for p in found)
             raise _fail(
@@ -158,28 +203,33 @@ def _read_meta(meta: Path | None) -> tuple[str | None, tuple[str, ...]]:
     return device, names
 
 
-def check_stage(stage_dir: Path) -> StageCheck:
-    """Run every pre-flight check on a stage folder.
+def check_model_folder(folder: Path, *, linking: ProcessLinking | None = None) -> FolderCheck:
+    """Run every pre-flight check that any DLR/TVM model folder must pass.
+
+    Args:
+        folder: the model (stage) folder.
+        linking: what a kernel library loaded into this process can link against (default:
+            this process).
 
     Raises:
         ModelPackageError: names the file and the problem.
     """
-    check_path(stage_dir.resolve())
-    files = find_stage_files(stage_dir)
+    check_path(folder.resolve())
+    files = find_stage_files(folder)
     try:
         graph = parse_graph(files.graph_json.read_bytes())
     except GraphFormatError as exc:
-        raise _fail(stage_dir, f"{files.graph_json.name}: {exc}") from exc
+        raise _fail(folder, f"{files.graph_json.name}: {exc}") from exc
     try:
         weights = decode_params(files.params.read_bytes())
     except ParamsFormatError as exc:
-        raise _fail(stage_dir, f"{files.params.name}: {exc}") from exc
+        raise _fail(folder, f"{files.params.name}: {exc}") from exc
     arg_names = graph.arg_names()
     unused = tuple(sorted(set(weights) - set(arg_names)))
     if unused:  # DLR only warns about these; they cost memory but change nothing
         logger.warning(
             "%s: %s holds weights the graph does not use: %s",
-            stage_dir,
+            folder,
             files.params.name,
             ", ".join(unused),
         )
@@ -189,11 +239,48 @@ def check_stage(stage_dir: Path) -> StageCheck:
         shape, dtype = graph.arg_shape(name), graph.arg_dtype(name)
         if array.shape != shape or array.dtype != dtype:
             raise _fail(
-                stage_dir,
+                folder,
                 f"weight {name} is {array.dtype}{list(array.shape)} in {files.params.name} but "
                 f"{dtype}{list(shape)} in {files.graph_json.name}",
             )
-    inputs = [name for name in arg_names if name not in weights]
+    foreign = foreign_binaries(folder)
+    if foreign:
+        raise _fail(folder, foreign)
+    try:
+        kernel = read_shared_object(files.kernel_lib)
+    except ElfError as exc:
+        raise _fail(folder, str(exc)) from exc
+    modules = _read_modules(folder, kernel)
+    _check_functions(folder, files, graph, kernel, modules)
+    kernel_linked = _check_linking(folder, kernel, linking or ProcessLinking.of_this_process())
+    libdlr = check_libdlr(files.libdlr) if files.libdlr is not None else None
+    meta_device, output_names = _read_meta(files.meta)
+    return FolderCheck(
+        files=files,
+        graph=graph,
+        inputs=tuple(spec for spec in graph.arg_specs() if spec.name not in weights),
+        weight_names=tuple(sorted(set(weights) - set(unused))),
+        weight_bytes=sum(len(weights[name].data) for name in weights if name not in unused),
+        unused_weights=unused,
+        kernel=kernel,
+        kernel_linked=kernel_linked,
+        modules=modules,
+        libdlr=libdlr,
+        meta_device=meta_device,
+        output_names=output_names,
+    )
+
+
+def check_stage(stage_dir: Path, *, linking: ProcessLinking | None = None) -> StageCheck:
+    """Run every pre-flight check on an LFV stage folder: the folder checks and LFV's input rules.
+
+    Raises:
+        ModelPackageError: names the file and the problem.
+    """
+    folder = check_model_folder(stage_dir, linking=linking)
+    files, graph = folder.files, folder.graph
+    inputs = [spec.name for spec in folder.inputs]
+    arg_names = graph.arg_names()
     if len(inputs) != 1:
         missing = ", ".join(inputs[1:] if inputs else [])
         raise _fail(
@@ -221,37 +308,103 @@ def check_stage(stage_dir: Path) -> StageCheck:
             f"the data input {input_name!r} is {graph.arg_dtype(input_name)}{list(input_shape)}; "
             "LFV models take float32 [1, 3, H, W]",
         )
+    base = {field.name: getattr(folder, field.name) for field in fields(FolderCheck)}
+    return StageCheck(**base, input_name=input_name, input_shape=input_shape)
+
+
+def foreign_binaries(folder: Path) -> str | None:
+    """Name the shared objects in `folder` built for another machine, with their device modules.
+
+    None when every `*.so` is for this machine (or is not an ELF file at all: the full checks
+    report that). Reads the headers only, and a foreign kernel library's module blob.
+    """
+    host = host_machine()
+    if host is None:
+        return None
+    by_machine: dict[int, list[str]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix != ".so" or not path.is_file():
+            continue
+        machine = read_machine(path)
+        if machine is None or machine == host:
+            continue
+        label = path.name
+        try:
+            read_shared_object(path, expected_machine=machine)
+            blob = read_symbol_data(path, BLOB_SYMBOL)
+            modules = parse_module_blob(blob).describe() if blob is not None else ()
+        except (ElfError, BlobError, OSError):
+            modules = ()
+        if modules:
+            label += f" (modules: {', '.join(modules)})"
+        by_machine.setdefault(machine, []).append(label)
+    if not by_machine:
+        return None
+    parts = [
+        f"{' and '.join(labels)} {'is' if len(labels) == 1 else 'are'} built for "
+        f"{machine_name(machine)}"
+        for machine, labels in by_machine.items()
+    ]
+    return f"{'; '.join(parts)}: this machine runs {machine_name(host)} code"
+
+
+def _read_modules(folder: Path, kernel: SharedObject) -> ModuleBlob | None:
     try:
-        kernel = read_shared_object(files.kernel_lib)
-    except ElfError as exc:
-        raise _fail(stage_dir, str(exc)) from exc
-    absent = sorted(graph.kernel_names() - kernel.defined_symbols)
-    if absent:
+        blob = read_symbol_data(kernel.path, BLOB_SYMBOL)
+        if blob is None:
+            return None
+        modules = parse_module_blob(blob)
+    except (ElfError, BlobError) as exc:
         raise _fail(
-            stage_dir,
-            f"{files.graph_json.name} calls kernel(s) that {files.kernel_lib.name} does not export: "
-            + ", ".join(absent),
-        )
-    try:
-        blob_data = read_symbol_data(files.kernel_lib, BLOB_SYMBOL)
-        device_code = parse_module_blob(blob_data).kinds if blob_data is not None else ()
-    except (BlobError, ElfError) as exc:
-        raise _fail(stage_dir, f"{files.kernel_lib.name}: {BLOB_SYMBOL} is corrupt: {exc}") from exc
-    libdlr = check_libdlr(files.libdlr) if files.libdlr is not None else None
-    meta_device, output_names = _read_meta(files.meta)
-    return StageCheck(
-        files=files,
-        graph=graph,
-        input_name=input_name,
-        input_shape=input_shape,
-        weight_names=tuple(sorted(set(weights) - set(unused))),
-        unused_weights=unused,
-        kernel=kernel,
-        libdlr=libdlr,
-        meta_device=meta_device,
-        output_names=output_names,
-        device_code=device_code,
+            folder, f"{kernel.path.name}: the modules packed in {BLOB_SYMBOL} cannot be read: {exc}"
+        ) from exc
+    for note in modules.notes:
+        logger.warning("%s: %s: %s", folder, kernel.path.name, note)
+    return modules
+
+
+def _check_functions(
+    folder: Path, files: StageFiles, graph: Graph, kernel: SharedObject, modules: ModuleBlob | None
+) -> None:
+    """Every function the graph calls is exported, or lives in an imported module."""
+    from_modules = modules.graph_functions if modules is not None else frozenset()
+    absent = sorted(graph.kernel_names() - kernel.defined_symbols - from_modules)
+    if not absent:
+        return
+    where = f"{files.kernel_lib.name} does not export"
+    if modules is not None and modules.kinds:
+        where += f" and its modules ({', '.join(modules.kinds)}) do not provide"
+    unread = f" ({'; '.join(modules.notes)})" if modules is not None and modules.notes else ""
+    raise _fail(
+        folder,
+        f"{files.graph_json.name} calls function(s) that {where}: " + ", ".join(absent) + unread,
     )
+
+
+def _check_linking(folder: Path, kernel: SharedObject, linking: ProcessLinking) -> Linked:
+    """The kernel library's libraries are found and its undefined symbols defined."""
+    result = linking.check(kernel)
+    name = kernel.path.name
+    if result.linked.missing:
+        listed = ", ".join(
+            f"{library} (needed by {needer})" if needer != name else library
+            for library, needer in result.linked.missing
+        )
+        raise _fail(folder, f"{name} needs libraries that are not installed: {listed}")
+    if result.unresolved:
+        links = ", ".join(kernel.needed) or "none"
+        msg = (
+            f"{name} needs symbols that neither the libraries it links ({links}) nor this "
+            f"process provide: {', '.join(sorted(result.unresolved))}; DLR would fail to load "
+            "it or the process would die (symbol lookup error)"
+        )
+        if any(symbol.startswith("TVM") for symbol in result.unresolved):
+            msg += (
+                ". TVM* symbols come from TVM's own runtime (a --system-lib build expects "
+                "libtvm_runtime.so), which DLR does not provide to kernel libraries"
+            )
+        raise _fail(folder, msg)
+    return result.linked
 
 
 def check_libdlr(path: Path) -> SharedObject:

@@ -90,9 +90,18 @@ class ModuleBlob:
         return frozenset(name for module in self.modules for name in module.graph_functions)
 
     @property
+    def imported(self) -> tuple[ImportedModule, ...]:
+        """The modules besides the host library itself."""
+        return tuple(m for m in self.modules if m.kind not in {"_lib", "_import_tree"})
+
+    @property
     def kinds(self) -> tuple[str, ...]:
         """The module kinds, host library and import tree left out."""
-        return tuple(m.kind for m in self.modules if m.kind not in {"_lib", "_import_tree"})
+        return tuple(m.kind for m in self.imported)
+
+    def describe(self) -> list[str]:
+        """One line per imported module (`ImportedModule.describe`)."""
+        return [module.describe() for module in self.imported]
 
 
 class _Reader:

@@ -1,7 +1,7 @@
 """TVM graph-executor JSON (the graph file of a DLR/TVM model folder): parse and check.
 
 libdlr 1.6.0 reads this format with very few checks; several mistakes crash it or run
-silently wrong (dlr-runtime.md §4, §7). `parse_graph` enforces what the runtime assumes:
+silently wrong (docs/dlr-runtime.md §4, §7). `parse_graph` enforces what the runtime assumes:
 
     {"nodes": [{"op": "null"|"tvm_op", "name", "inputs": [[node, index, version?]…],
                 "attrs": {"func_name", "num_inputs", "num_outputs", "flatten_data"} (strings)}…],
@@ -28,6 +28,19 @@ BUILTIN_FUNCS = frozenset({"__nop", "__copy"})
 
 class GraphFormatError(ValueError):
     """The graph JSON would be rejected, crash, or be misread by the TVM graph executor."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A named tensor of the graph: a graph argument (input or weight) or an output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def describe(self) -> str:
+        """`name dtype[d0, d1, …]`."""
+        return f"{self.name} {self.dtype}{list(self.shape)}".lstrip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +88,25 @@ class Graph:
                 return self.dtypes[self.entry_id(node_id)]
         msg = f"no argument node named {name!r}"
         raise KeyError(msg)
+
+    def arg_specs(self) -> tuple[TensorSpec, ...]:
+        """Every argument node (data inputs and weights) in runtime input order."""
+        return tuple(
+            TensorSpec(
+                self.nodes[node_id].name,
+                self.shapes[self.entry_id(node_id)],
+                self.dtypes[self.entry_id(node_id)],
+            )
+            for node_id in self.arg_nodes
+        )
+
+    def kernel_calls(self) -> int:
+        """How many nodes call a kernel (builtins `__nop`/`__copy` excluded)."""
+        return sum(
+            1
+            for node in self.nodes
+            if node.func_name is not None and node.func_name not in BUILTIN_FUNCS
+        )
 
     def kernel_names(self) -> set[str]:
         """Every kernel symbol the graph calls (builtins `__nop`/`__copy` excluded)."""
@@ -259,7 +291,7 @@ def _parse_attrs(
     shape = _typed(raw, "shape", "list_shape")
     for key, items in (("dltype", dltype), ("storage_id", storage), ("shape", shape)):
         if len(items) != num_entries:
-            # The runtime does not check this and reads out of bounds (dlr-runtime.md §4).
+            # The runtime does not check this and reads out of bounds (docs/dlr-runtime.md §4).
             msg = f"attrs.{key} has {len(items)} entries, the graph has {num_entries}"
             raise GraphFormatError(msg)
     if "device_index" in raw:

@@ -1,6 +1,6 @@
 """TVM `.params` files (an NDArray list): encode, decode and check, byte for byte.
 
-Layout (all little-endian; dlr-runtime.md §5):
+Layout (all little-endian; docs/dlr-runtime.md §5):
 
     u64 0xF7E58D4F05049CB7, u64 0          list magic, reserved
     u64 N, N × (u64 len + UTF-8 name)      names

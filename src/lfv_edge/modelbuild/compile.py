@@ -24,7 +24,7 @@ from lfv_edge.modelbuild import BuildError
 KERNELS_SOURCE = Path(__file__).with_name("kernels.c")
 CACHE_ENV = "LFV_EDGE_KERNEL_CACHE"
 # -fvisibility=hidden + explicit default visibility exports only the kernels and hooks;
-# --no-undefined fails the link instead of dlopen when a symbol is missing (dlr-runtime.md §6).
+# --no-undefined fails the link instead of dlopen when a symbol is missing (docs/dlr-runtime.md §6).
 # -O3 rather than -O2: gcc 12 vectorises the convolution row loops fully only at -O3.
 # -fno-trapping-math lets gcc if-convert float selects (clamps, max) into vector blends; the
 # channel softmax runs 3x faster. Results are unchanged: nothing reads FP exception flags.

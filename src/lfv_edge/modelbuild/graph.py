@@ -1,6 +1,6 @@
 """TVM graph JSON and weights for our kernels: `GraphBuilder` (raw) and `Network` (typed layers).
 
-`GraphBuilder` writes the graph-executor JSON of dlr-runtime.md §4: nodes in execution order,
+`GraphBuilder` writes the graph-executor JSON of docs/dlr-runtime.md §4: nodes in execution order,
 the data input as node 0 (DLR reads the input shape by position, so it must be the first arg
 node), each weight placed just before its first consumer, `node_row_ptr`, `heads` in the
 order given to `set_outputs`, and per-entry `dltype` / `storage_id` / `shape`. Every `tvm_op`
@@ -285,7 +285,7 @@ class GraphBuilder:
         return storage
 
     def to_json(self, *, indent: int | None = None, share_storage: bool = True) -> str:
-        """The graph-executor JSON (dlr-runtime.md §4)."""
+        """The graph-executor JSON (docs/dlr-runtime.md §4)."""
         if not self._outputs:
             msg = "call set_outputs() before writing the graph"
             raise BuildError(msg)

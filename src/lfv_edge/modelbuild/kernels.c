@@ -1,7 +1,7 @@
 /*
  * lfv-edge test/demo model kernels: float32 NCHW, batch 1, TVM packed-function ABI.
  *
- * Loaded by the real libdlr.so (TVM graph executor, dlr-runtime.md section 6). Every exported
+ * Loaded by the real libdlr.so (TVM graph executor, docs/dlr-runtime.md section 6). Every exported
  * kernel has the TVM backend signature
  *     int f(TVMValue* args, int* type_codes, int num_args,
  *           TVMValue* ret, int* ret_tcode, void* resource_handle)

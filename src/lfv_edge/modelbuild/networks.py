@@ -2,7 +2,7 @@
 
 All weights come from `numpy.random.default_rng(seed)` or are set by hand, so a network is the
 same on every machine. The input is the LFV model input: float32 [1, 3, H, W], RGB, after
-pre-processing (lfv-model-package.md §6). `unit_rgb_affine` undoes that pre-processing inside
+pre-processing (docs/model-packages.md §6). `unit_rgb_affine` undoes that pre-processing inside
 the first layer, so the controllable networks react to the image's RGB values in [0, 1]
 (u = R/255, …) whatever the package's `normalize` / `image_range_scale` flags are.
 
@@ -33,7 +33,7 @@ from numpy.typing import ArrayLike, NDArray
 from lfv_edge.modelbuild import BuildError
 from lfv_edge.modelbuild.graph import Network, Tensor
 
-# LFV's normalisation constants (lfv-model-package.md §6), R, G, B.
+# LFV's normalisation constants (docs/model-packages.md §6), R, G, B.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

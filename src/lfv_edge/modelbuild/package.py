@@ -1,6 +1,6 @@
 """LFV-style model packages built from our kernels: `PackageSpec` → folder (or zip).
 
-Writes exactly the layout of a Lookout for Vision edge package (lfv-model-package.md §4, §5):
+Writes exactly the layout of a Lookout for Vision edge package (docs/model-packages.md §4, §5):
 
     <package>/
     ├── manifest.json            model_graph (single_stage_model_graph, one "mochi" stage),
@@ -13,7 +13,7 @@ Writes exactly the layout of a Lookout for Vision edge package (lfv-model-packag
         ├── compiled.meta        optional: Requirements.TargetDeviceType, Model.Outputs[i].name
         └── libdlr.so            optional: a copy of the given runtime (never committed)
 
-DLR checks neither weight names nor shapes (dlr-runtime.md §5), so after writing, the stage
+DLR checks neither weight names nor shapes (docs/dlr-runtime.md §5), so after writing, the stage
 is read back with `parse_graph` / `decode_params` and compared with the network. Does not
 import dlr or cv2.
 """
@@ -256,7 +256,7 @@ def _check_network_heads(network: Network, spec: PackageSpec) -> None:
 
 
 def manifest_for(spec: PackageSpec) -> dict[str, object]:
-    """The `manifest.json` content for `spec` (lfv-model-package.md §4–§5)."""
+    """The `manifest.json` content for `spec` (docs/model-packages.md §4–§5)."""
     check_spec(spec)
     seg = spec.segmentation_head
     stage: dict[str, object] = {

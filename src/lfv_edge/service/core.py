@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,8 +34,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lfv_edge.errors import InputError, LfvEdgeError, TransportError
-from lfv_edge.inspection.pipeline import Inspector, Prepared
+from lfv_edge.inspection.pipeline import Inspection, Inspector, Prepared
 from lfv_edge.service.config import OverflowPolicy
+from lfv_edge.service.inbox import Inbox, SpillFolder
 from lfv_edge.service.messages import (
     BUSY,
     INFERENCE_FAILED,
@@ -47,7 +48,12 @@ from lfv_edge.service.messages import (
     parse_request,
     request_id_of,
 )
-from lfv_edge.service.ports import IncomingMessage, Transport
+from lfv_edge.service.ports import (
+    IncomingMessage,
+    InspectionObserver,
+    InspectionRecord,
+    Transport,
+)
 from lfv_edge.service.stats import RateLimitedLog, Stats
 
 logger = logging.getLogger(__name__)
@@ -89,8 +95,14 @@ class _LoadedModel:
     tensors are freed as soon as the last job prepared for it is finished.
     """
 
-    def __init__(self, inspector: Inspector, tensors: int) -> None:
+    def __init__(self, inspector: Inspector, workers: int) -> None:
         self.inspector = inspector
+        # Pre-processors keep scratch buffers: one per prepare worker (the first is the
+        # inspector's own). Sharing one between workers mixed images up.
+        self.preprocessors = [inspector.preprocessor] + [
+            inspector.new_preprocessor() for _ in range(workers - 1)
+        ]
+        tensors = workers + _TENSORS_BESIDE_WORKERS
         self._free: queue.SimpleQueue[NDArray[np.float32]] = queue.SimpleQueue()
         for _ in range(tensors):
             self._free.put(inspector.preprocessor.new_tensor())
@@ -118,17 +130,21 @@ class Service:
         prepare_workers: int = 1,
         stats: Stats | None = None,
         stats_interval_s: float = 60.0,
+        observers: Sequence[InspectionObserver] = (),
+        waiting_max_bytes: int = 0,
+        spill: SpillFolder | None = None,
     ) -> None:
         if prepare_workers < 1:
             msg = f"prepare_workers must be at least 1, got {prepare_workers}"
             raise ValueError(msg)
         self._prepare_workers = prepare_workers
-        self._model = _LoadedModel(inspector, prepare_workers + _TENSORS_BESIDE_WORKERS)
+        self._model = _LoadedModel(inspector, prepare_workers)
         self._transports = list(transports)
         self.settings = settings or ServiceSettings()
         self.stats = stats or Stats()
         self._stats_interval_s = stats_interval_s
-        self._inbox: queue.Queue[IncomingMessage | None] = queue.Queue(maxsize=queue_size)
+        self._inbox = Inbox(queue_size, waiting_max_bytes=waiting_max_bytes, spill=spill)
+        self.unanswered_at_stop = 0  # left to the broker's redelivery by a stop out of time
         self._ready: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
         self._finish: queue.Queue[_Job | None] = queue.Queue(maxsize=_FINISH_QUEUE_SIZE)
         self._busy_log = RateLimitedLog()
@@ -138,18 +154,18 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._preparing = prepare_workers  # prepare workers still running (the last one ends)
         self._preparing_lock = threading.Lock()
+        self._observers: list[InspectionObserver] = list(observers)
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the workers, then the transports (so nothing arrives before we can take it)."""
-        workers = [(f"lfv-prepare-{i}", self._prepare_loop) for i in range(self._prepare_workers)]
-        for name, target in (
-            *workers,
-            ("lfv-model", self._model_loop),
-            ("lfv-finish", self._finish_loop),
-        ):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+        stages: list[tuple[str, Callable[..., None], tuple[int, ...]]] = [
+            (f"lfv-prepare-{i}", self._prepare_loop, (i,)) for i in range(self._prepare_workers)
+        ]
+        stages += [("lfv-model", self._model_loop, ()), ("lfv-finish", self._finish_loop, ())]
+        for name, target, args in stages:
+            thread = threading.Thread(target=target, name=name, args=args, daemon=True)
             thread.start()
             self._threads.append(thread)
         threading.Thread(target=self._stats_loop, name="lfv-stats", daemon=True).start()
@@ -161,25 +177,38 @@ class Service:
                     self._prepare_workers)  # fmt: skip
 
     def stop(self, timeout_s: float = 30.0) -> bool:
-        """Stop receiving, answer everything already received, close the transports.
+        """Stop receiving, answer what can be answered within `timeout_s`, close the transports.
 
-        Returns True when every worker finished within `timeout_s`.
+        Requests still waiting when a quarter of the time (at most 2 s) is left are not
+        started: one the broker will deliver again (MQTT QoS ≥ 1, not yet acknowledged) is
+        left to that; any other is answered `Busy`. Returns True when every worker finished
+        within `timeout_s`.
         """
         if self._stopping.is_set():
             return self._stopped.wait(timeout_s)
         self._stopping.set()
-        deadline = time.monotonic() + timeout_s
+        start = time.monotonic()
+        deadline = start + timeout_s
         for transport in self._transports:
             try:
                 transport.stop_receiving()
             except LfvEdgeError as exc:
                 logger.warning("%s: unsubscribe failed: %s", transport.name, exc)
-        try:
-            self._inbox.put(None, timeout=max(deadline - time.monotonic(), 0.1))
-        except queue.Full:
-            logger.error(
-                "the inbox did not drain in time; %d messages unanswered", self._inbox.qsize()
-            )
+        self._inbox.close()
+        last_call = deadline - min(timeout_s / 4, 2.0)  # what runs then still has to finish
+        preparing = self._threads[: self._prepare_workers]
+        for thread in preparing:
+            thread.join(max(last_call - time.monotonic(), 0.0))
+        left = self._inbox.take_all()
+        for message in left:
+            if message.redelivered_if_unanswered:
+                self.unanswered_at_stop += 1
+            else:
+                self._reply_error(_Job(message), BUSY, "the service is shutting down")
+        if left:
+            logger.warning("stopping: %d waiting requests not started (%d left to the broker's "
+                           "redelivery, %d answered Busy)", len(left), self.unanswered_at_stop,
+                           len(left) - self.unanswered_at_stop)  # fmt: skip
         drained = True
         for thread in self._threads:  # prepare ×N, model, finish: each forwards the sentinel
             thread.join(max(deadline - time.monotonic(), 0.0))
@@ -191,7 +220,8 @@ class Service:
                 logger.warning("%s: close failed: %s", transport.name, exc)
         # Logged before `_stopped` is set: a waiter (serve's main thread) prints its own last
         # line as soon as it is, and must not be followed by this one.
-        logger.info("stopped; %s", self.stats.snapshot(QueueDepth=self._inbox.qsize()))
+        logger.info("stopped in %.1f s; %s", time.monotonic() - start,
+                    self.stats.snapshot(QueueDepth=len(self._inbox)))  # fmt: skip
         self._stopped.set()
         return drained
 
@@ -219,21 +249,37 @@ class Service:
         """
         if inspector is self._model.inspector:
             return
-        self._model = _LoadedModel(inspector, self._prepare_workers + _TENSORS_BESIDE_WORKERS)
+        self._model = _LoadedModel(inspector, self._prepare_workers)
         logger.info(
             "inspector replaced: model %s %s", inspector.package.name, inspector.package.version
         )
 
+    def add_observer(self, observer: InspectionObserver) -> None:
+        """Show every reply from now on to `observer` (before `start()`, or at any time)."""
+        self._observers = [*self._observers, observer]  # replaced whole: the finish thread reads it
+
+    @property
+    def transports(self) -> tuple[Transport, ...]:
+        """The transports replies go out through."""
+        return tuple(self._transports)
+
+    def submit(self, message: IncomingMessage) -> None:
+        """Hand the service a message from inside the process (a capture source): as a
+        transport would, answered `Busy` when the queue is full and refuses it."""
+        self._on_message(message)
+
     def update_settings(self, settings: ServiceSettings, queue_size: int | None = None) -> None:
         """Apply new settings from the next message on."""
         self.settings = settings
-        if queue_size is not None and queue_size != self._inbox.maxsize:
-            with self._inbox.mutex:  # Queue has no public resize; maxsize is read under this lock
-                self._inbox.maxsize = queue_size
-                self._inbox.not_full.notify_all()
+        if queue_size is not None:
+            self._inbox.resize(queue_size)
 
     def queue_depth(self) -> int:
-        return self._inbox.qsize()
+        return len(self._inbox)
+
+    def waiting_bytes(self) -> tuple[int, int]:
+        """Payload bytes of waiting requests beyond the queue: (in memory, spilled to disk)."""
+        return self._inbox.memory_bytes, self._inbox.spilled_bytes
 
     # --- transport threads -------------------------------------------------------------
 
@@ -243,27 +289,15 @@ class Service:
         if self._stopping.is_set():
             self._reply_error(_Job(message), BUSY, "the service is shutting down")
             return
-        try:
-            self._inbox.put_nowait(message)
+        refused = self._inbox.offer(message, self.settings.overflow)
+        if refused is None:
             return
-        except queue.Full:
-            pass
-        refused = message
-        if self.settings.overflow is OverflowPolicy.DROP_OLDEST:
-            try:
-                oldest = self._inbox.get_nowait()
-                self._inbox.put_nowait(message)
-            except (queue.Empty, queue.Full):
-                oldest = message
-            if oldest is None:  # the stop sentinel: put it back, refuse the newcomer
-                self._inbox.put(None)
-            else:
-                refused = oldest
         suppressed = self._busy_log.ready()
         if suppressed is not None:
-            logger.warning("queue full (%d): answering Busy (%s); %d more since the last warning",
-                           self._inbox.maxsize, self.settings.overflow.value, suppressed)  # fmt: skip
-        self._reply_error(_Job(refused), BUSY, f"the request queue is full ({self._inbox.maxsize})")
+            logger.warning("queue full (%d and the waiting budget): answering Busy (%s); %d more "
+                           "since the last warning", self._inbox.size,
+                           self.settings.overflow.value, suppressed)  # fmt: skip
+        self._reply_error(_Job(refused), BUSY, f"the request queue is full ({self._inbox.size})")
 
     # --- workers -----------------------------------------------------------------------
 
@@ -293,7 +327,7 @@ class Service:
             self.stats.count_error(code)
             logger.error("reply queue full: request dropped without a reply (%s)", code)
 
-    def _prepare_loop(self) -> None:
+    def _prepare_loop(self, worker: int) -> None:
         while True:
             message = self._inbox.get()
             if message is None:
@@ -302,7 +336,7 @@ class Service:
             job = _Job(message)
             try:
                 settings = self.settings
-                job.request = parse_request(
+                job.request = message.request or parse_request(
                     message.payload,
                     image_roots=settings.image_roots,
                     max_payload_bytes=settings.max_payload_bytes,
@@ -310,8 +344,14 @@ class Service:
                 model = self._model  # read once: a swap between two reads must not mix them
                 job.model = model
                 tensor = model.take()
+                keep = any(observer.wants_pixels for observer in self._observers)
                 try:
-                    job.prepared = model.inspector.prepare(job.request.source, out=tensor)
+                    job.prepared = model.inspector.prepare(
+                        job.request.source,
+                        out=tensor,
+                        keep_pixels=keep,
+                        preprocessor=model.preprocessors[worker],
+                    )
                 except BaseException:
                     model.give_back(tensor)  # an unreadable image must not shrink the pool
                     raise
@@ -325,14 +365,12 @@ class Service:
             self._ready.put(job)
 
     def _end_prepare_worker(self) -> None:
-        """A prepare worker took the stop sentinel: pass it on; the last one stops the model."""
+        """The inbox is closed and empty: the last prepare worker to see it stops the model."""
         with self._preparing_lock:
             self._preparing -= 1
             last = self._preparing == 0
         if last:
             self._ready.put(None)
-        else:
-            self._inbox.put(None)  # for the next worker (what is still queued comes first)
 
     def _model_loop(self) -> None:
         while True:
@@ -368,8 +406,12 @@ class Service:
     def _finish_one(self, job: _Job) -> None:
         request_id = job.request.request_id if job.request else job.request_id
         payload: bytes | None = None
-        is_anomalous: bool | None = None
-        stages: dict[str, float] | None = None
+        inspection: Inspection | None = None
+        identity = ModelIdentity("", "")
+        if job.model is not None:
+            inspector = job.model.inspector
+            package = inspector.package
+            identity = ModelIdentity(package.name, package.version, inspector.model_arn)
         if (
             job.error is None
             and job.outputs is not None
@@ -378,47 +420,83 @@ class Service:
             and job.request is not None
         ):
             try:
-                inspector = job.model.inspector
-                inspection = inspector.finish(job.prepared, job.outputs, job.run_ms)
-                package = inspector.package
+                inspection = job.model.inspector.finish(job.prepared, job.outputs, job.run_ms)
                 payload = encode_result(
                     job.request,
                     inspection,
-                    ModelIdentity(package.name, package.version),
+                    identity,
                     include_mask=self.settings.include_mask,
                     max_bytes=job.message.reply.max_bytes,
-                    extra=self.settings.extra_reply_fields,
+                    extra={**self.settings.extra_reply_fields, **job.message.reply_fields},
                 )
-                is_anomalous = inspection.verdict.is_anomalous
-                stages = inspection.timings.to_dict()
             except LfvEdgeError as exc:
                 job.error = (INFERENCE_FAILED, str(exc))
+                inspection = None
             except Exception as exc:
                 logger.exception("post-processing failed")
                 job.error = (INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+                inspection = None
         if job.error is not None:
             code, text = job.error
             if request_id is None:
                 request_id = request_id_of(job.message.payload)
-            payload = encode_error(request_id, code, text)
+            payload = encode_error(request_id, code, text, extra=job.message.reply_fields)
             self.stats.count_error(code)
             logger.info("error request_id=%s code=%s: %s", request_id, code, text)
         assert payload is not None  # noqa: S101
+        published = True
         try:
             self._transport_for(job.message).publish(job.message.reply, payload)
         except TransportError as exc:
             self.stats.count_publish_failure()
             logger.warning("reply request_id=%s not published: %s", request_id, exc)
-            return
-        if job.message.ack is not None:
+            published = False
+        if published and job.message.ack is not None:
             try:
                 job.message.ack()
             except LfvEdgeError as exc:
                 logger.warning(
                     "request_id=%s: acknowledging the request failed: %s", request_id, exc
                 )
-        latency_ms = (time.perf_counter() - job.message.received_at) * 1000.0
-        self.stats.record_reply(latency_ms, is_anomalous=is_anomalous, stages_ms=stages)
+        if published:
+            latency_ms = (time.perf_counter() - job.message.received_at) * 1000.0
+            self.stats.record_reply(
+                latency_ms,
+                is_anomalous=inspection.verdict.is_anomalous if inspection else None,
+                stages_ms=inspection.timings.to_dict() if inspection else None,
+            )
+        if self._observers:
+            self._notify(job, request_id, payload, identity, inspection, published)
+
+    def _notify(
+        self,
+        job: _Job,
+        request_id: str | None,
+        payload: bytes,
+        identity: ModelIdentity,
+        inspection: Inspection | None,
+        published: bool,
+    ) -> None:
+        prepared = job.prepared
+        record = InspectionRecord(
+            request_id=request_id,
+            payload=payload,
+            model=identity,
+            source=job.message.source or job.message.reply.transport,
+            received_at=job.message.received_at,
+            finished_at=time.time(),
+            published=published,
+            inspection=inspection,
+            error_code=job.error[0] if job.error else None,
+            pixels=prepared.pixels if prepared is not None else None,
+            channel_order=prepared.order if prepared is not None else "rgb",
+            reply_fields=job.message.reply_fields,
+        )
+        for observer in self._observers:
+            try:
+                observer.observe(record)
+            except Exception:  # an observer's bug must not lose replies or stop the stage
+                logger.exception("observer %s failed", type(observer).__name__)
 
     def _transport_for(self, message: IncomingMessage) -> Transport:
         for transport in self._transports:
@@ -431,7 +509,7 @@ class Service:
             return
         while not self._stopping.wait(self._stats_interval_s):
             snapshot = self.stats.snapshot(
-                QueueDepth=self._inbox.qsize(),
+                QueueDepth=len(self._inbox),
                 Model=self.inspector.package.name,
                 **self.settings.extra_reply_fields,
             )

@@ -499,14 +499,18 @@ def _dumps(body: Mapping[str, object]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def encode_error(request_id: str | None, code: str, message: str) -> bytes:
-    """An error reply with a stable code."""
-    body = {
+def encode_error(
+    request_id: str | None, code: str, message: str, *, extra: Mapping[str, object] | None = None
+) -> bytes:
+    """An error reply with a stable code (`extra`: more top-level fields, e.g. `Capture`)."""
+    body: dict[str, object] = {
         "SchemaVersion": SCHEMA_VERSION,
         "RequestId": request_id,
         "Error": {"Code": code, "Message": message[:1000]},
         "Timestamp": utc_timestamp(),
     }
+    if extra:
+        body.update(extra)
     return _dumps(body)
 
 

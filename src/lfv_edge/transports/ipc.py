@@ -416,7 +416,9 @@ class IpcTransport:
             correlation_data=correlation,
             max_bytes=IOT_CORE_MAX_PAYLOAD_BYTES if kind == IOT_CORE else None,
         )
-        self._handler(IncomingMessage(payload, route))
+        # IoT Core requests came at QoS 1 and their senders wait for the reply: they may wait
+        # here too (the nucleus does not redeliver them). Local pub/sub has no such sender.
+        self._handler(IncomingMessage(payload, route, can_wait=kind == IOT_CORE))
 
     # --- replies -----------------------------------------------------------------------------
 
@@ -445,6 +447,17 @@ class IpcTransport:
                     publish_message=PublishMessage(binary_message=BinaryMessage(message=payload)),
                 ),
             )
+
+    def results_route(self) -> ReplyRoute | None:
+        """Local pub/sub's results topic when configured, else IoT Core's (128 KB limit)."""
+        with self._lock:
+            channels = dict(self._channels)
+        for kind in (LOCAL, IOT_CORE):
+            channel = channels.get(kind)
+            if channel is not None:
+                limit = IOT_CORE_MAX_PAYLOAD_BYTES if kind == IOT_CORE else None
+                return ReplyRoute(channel.results_topic, self.name, kind, None, limit)
+        return None
 
     def publish_stats(self, payload: bytes) -> None:
         """Publish a stats snapshot to IoT Core at QoS 0 (stale stats are worth nothing offline)."""
@@ -534,11 +547,11 @@ def to_service_config(
     for section in ("mqtt", "agent"):
         if config.get(section) not in (None, ""):
             msg = f"{section}: not used by the Greengrass component (requests come over IPC)"
-            raise ConfigError(msg)
+            raise ConfigError(msg, key=section)
     parsed = parse_config(config, environ)
     if parsed.ipc is None:
         msg = "ipc: required: set localRequestsTopic and/or iotCoreRequestsTopic"
-        raise ConfigError(msg)
+        raise ConfigError(msg, key="ipc")
     return parsed
 
 

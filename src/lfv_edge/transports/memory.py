@@ -41,13 +41,26 @@ class MemoryTransport:
         self._receiving = True
 
     def deliver(
-        self, payload: bytes, *, correlation_data: bytes | None = None, max_bytes: int | None = None
+        self,
+        payload: bytes,
+        *,
+        correlation_data: bytes | None = None,
+        max_bytes: int | None = None,
+        can_wait: bool = False,
+        redelivered_if_unanswered: bool = False,
     ) -> bool:
         """Hand a request to the service as a transport thread would; False once unsubscribed."""
         if not self._receiving or self._handler is None:
             return False
         route = ReplyRoute(self.results_topic, self.name, self.name, correlation_data, max_bytes)
-        self._handler(IncomingMessage(payload, route))
+        self._handler(
+            IncomingMessage(
+                payload,
+                route,
+                can_wait=can_wait,
+                redelivered_if_unanswered=redelivered_if_unanswered,
+            )
+        )
         return True
 
     def fail(self, reason: str) -> None:
@@ -61,6 +74,9 @@ class MemoryTransport:
         with self._changed:
             self.published.append(Published(route.topic, payload, route.correlation_data))
             self._changed.notify_all()
+
+    def results_route(self) -> ReplyRoute:
+        return ReplyRoute(self.results_topic, self.name, self.name)
 
     def publish_stats(self, payload: bytes) -> None:
         if self.stats_topic is not None:

@@ -383,6 +383,12 @@ class MqttTransport:
             raise
         self._drain()
 
+    def results_route(self) -> ReplyRoute:
+        """The results topic, within the broker's packet size limit (as replies are)."""
+        with self._lock:
+            max_bytes = self._max_reply_bytes
+        return ReplyRoute(self.config.results_topic, self.name, "results-topic", None, max_bytes)
+
     def publish_stats(self, payload: bytes) -> None:
         """Publish a stats snapshot (QoS 0, not kept while disconnected)."""
         if self.config.stats_topic is None or not self.connected:
@@ -797,9 +803,16 @@ class MqttTransport:
                 self._service_done(pending)
 
         payload = message.payload
+        # QoS ≥ 1: its sender waits for the reply, so it may wait here too (late, not never).
+        # QoS 1 stays unacknowledged until answered, so the broker delivers it again should we
+        # not answer it; paho has acknowledged QoS 2 (PUBREC) before we see it.
         handler(
             IncomingMessage(
-                payload if isinstance(payload, bytes) else bytes(payload), route, ack=ack
+                payload if isinstance(payload, bytes) else bytes(payload),
+                route,
+                ack=ack,
+                can_wait=request is not None,
+                redelivered_if_unanswered=message.qos == 1,
             )
         )
 

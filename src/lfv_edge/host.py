@@ -1,0 +1,81 @@
+"""What runs beside the service in a serving process: the one place `serve` and the component build it.
+
+    ServiceConfig ─build_companions─▶ [AgentServer (agent section), …]
+        each started after the service, stopped before it (so what they hand the service
+        is still answered), each built by its own package's factory from the configuration
+
+A companion is anything with `start()` and `stop(timeout_s)`: the Edge Agent socket, capture
+sources, the web view. `serve` (MQTT) and the Greengrass component (IPC) call
+`build_companions` with their transport, so a new companion is added here once, not in each
+entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from lfv_edge.service.config import ServiceConfig
+from lfv_edge.service.core import Service
+from lfv_edge.service.ports import Transport
+
+logger = logging.getLogger(__name__)
+
+
+class Companion(Protocol):
+    """Runs beside the service: started after it, stopped before it."""
+
+    def start(self) -> None:
+        """Begin (bind sockets, open cameras, …); raises an LfvEdgeError when it cannot."""
+        ...
+
+    def stop(self, timeout_s: float, /) -> None:
+        """Stop taking work, finish what is in flight within `timeout_s`, release resources."""
+        ...
+
+
+def build_companions(
+    config: ServiceConfig,
+    service: Service,
+    transport: Transport,
+    environ: Mapping[str, str] = os.environ,
+) -> list[Companion]:
+    """The companions the configuration asks for (none when it asks for none).
+
+    `transport` is the process's main transport: where the agent's published verdicts go.
+    """
+    companions: list[Companion] = []
+    if config.agent is not None:
+        from lfv_edge.agent.server import AgentServer, verdict_publisher
+
+        route = transport.results_route()
+        on_verdict = (
+            verdict_publisher(transport, route.topic)
+            if config.agent.publish_results and route is not None
+            else None
+        )
+        companions.append(AgentServer.from_service_config(config, on_verdict=on_verdict))
+    return companions
+
+
+def start_companions(companions: Sequence[Companion]) -> None:
+    """Start each; if one fails, stop the ones already started and raise."""
+    started: list[Companion] = []
+    try:
+        for companion in companions:
+            companion.start()
+            started.append(companion)
+    except BaseException:
+        stop_companions(started, 5.0)
+        raise
+
+
+def stop_companions(companions: Sequence[Companion], timeout_s: float) -> None:
+    """Stop each, newest first (errors are logged: the service still has to drain)."""
+    for companion in reversed(companions):
+        try:
+            companion.stop(timeout_s)
+        except Exception:  # a companion failing to stop must not keep the service from draining
+            logger.exception("stopping %s failed", type(companion).__name__)
