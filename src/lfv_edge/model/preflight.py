@@ -129,7 +129,7 @@ def find_stage_files(stage_dir: Path) -> StageFiles:
     )
 
 
-def _read_meta(meta: Path | None) -> tuple[str | None, tuple[str, ...]]:
+def read_meta(meta: Path | None) -> tuple[str | None, tuple[str, ...]]:
     if meta is None:
         return None, ()
     try:
@@ -229,7 +229,7 @@ def check_stage(stage_dir: Path) -> StageCheck:
             + ", ".join(absent),
         )
     libdlr = check_libdlr(files.libdlr) if files.libdlr is not None else None
-    meta_device, output_names = _read_meta(files.meta)
+    meta_device, output_names = read_meta(files.meta)
     return StageCheck(
         files=files,
         graph=graph,

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import types
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -164,6 +164,57 @@ class RuntimeInfo:
     output_shapes: tuple[tuple[int, ...], ...]
 
 
+def _load_model(stage_dir: Path, library: Path, device: str) -> Any:  # noqa: ANN401 - dlr is untyped
+    """A DLRModel for `stage_dir` on the given `libdlr.so`, with libdlr's real load error."""
+    dlr = import_dlr()
+    impl_class = dlr.dlr_model.DLRModelImpl
+    load_lib = dlr.dlr_model._load_lib
+
+    class _ChosenLibraryModel(impl_class):  # type: ignore[misc, valid-type]
+        # DLR would pick <stage>/libdlr.so or search sys.prefix; we decide which library.
+        def _init_libdlr(self) -> None:
+            self._lib = load_lib(str(library))
+
+    with _LOAD_LOCK, _captured_native_stderr() as stderr:
+        try:
+            model = _ChosenLibraryModel(str(stage_dir), device, 0)
+            error: BaseException | None = None
+        except (dlr.dlr_model.DLRError, UnicodeDecodeError, ValueError, OSError) as exc:
+            error = exc
+    if error is not None:
+        reason = dlr_load_message("".join(stderr), str(error))
+        if isinstance(error, UnicodeDecodeError):
+            reason = "DLR failed and its message could not be decoded (non-ASCII path?)"
+        msg = f"{stage_dir}: DLR could not load the model: {reason}"
+        raise ModelPackageError(msg) from error
+    noise = "".join(stderr).strip()
+    if noise:
+        logger.debug("libdlr stderr while loading %s: %s", stage_dir, noise)
+    return model
+
+
+def run_dlr_once(
+    stage_dir: Path, *, library: Path, feeds: Mapping[str, NDArray[np.generic]], device: str = "cpu"
+) -> list[NDArray[np.generic]]:
+    """Load a model folder and run it once on named inputs (any number; weights by name too).
+
+    For checks against DLR (the converter's end-to-end comparison), not for serving.
+
+    Raises:
+        ModelPackageError: DLR could not load the model; `InferenceError` when the run fails.
+    """
+    model = _load_model(stage_dir, library, device)
+    try:
+        outputs: Sequence[NDArray[np.generic]] = model.run(
+            {k: np.asarray(v) for k, v in feeds.items()}
+        )
+    except Exception as exc:
+        text = str(exc).split("Stack trace:")[0].strip()
+        msg = f"inference failed: {text}"
+        raise InferenceError(msg) from exc
+    return [np.array(output) for output in outputs]
+
+
 class DlrRunner:
     """A loaded DLR model: one handle, one lock, exact input checks."""
 
@@ -189,30 +240,7 @@ class DlrRunner:
         Raises:
             ModelPackageError: with libdlr's own message when the load fails.
         """
-        dlr = import_dlr()
-        impl_class = dlr.dlr_model.DLRModelImpl
-        load_lib = dlr.dlr_model._load_lib
-
-        class _ChosenLibraryModel(impl_class):  # type: ignore[misc, valid-type]
-            # DLR would pick <stage>/libdlr.so or search sys.prefix; we decide which library.
-            def _init_libdlr(self) -> None:
-                self._lib = load_lib(str(library))
-
-        with _LOAD_LOCK, _captured_native_stderr() as stderr:
-            try:
-                model = _ChosenLibraryModel(str(stage_dir), device, 0)
-                error: BaseException | None = None
-            except (dlr.dlr_model.DLRError, UnicodeDecodeError, ValueError, OSError) as exc:
-                error = exc
-        if error is not None:
-            reason = dlr_load_message("".join(stderr), str(error))
-            if isinstance(error, UnicodeDecodeError):
-                reason = "DLR failed and its message could not be decoded (non-ASCII path?)"
-            msg = f"{stage_dir}: DLR could not load the model: {reason}"
-            raise ModelPackageError(msg) from error
-        noise = "".join(stderr).strip()
-        if noise:
-            logger.debug("libdlr stderr while loading %s: %s", stage_dir, noise)
+        model = _load_model(stage_dir, library, device)
         names = list(model.get_input_names())
         if len(names) != 1:
             msg = f"{stage_dir}: expected one data input, DLR reports {names}"
