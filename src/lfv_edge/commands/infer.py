@@ -26,6 +26,17 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
     infer.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     infer.add_argument("--model", help="package zip or folder (default: the demo package)")
     infer.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    infer.add_argument(
+        "--runtime",
+        choices=("dlr", "onnx"),
+        default="dlr",
+        help="dlr (the package's compiled model) or onnx (its converted model in ONNX Runtime)",
+    )
+    infer.add_argument(
+        "--onnx-model",
+        metavar="FILE",
+        help="the converted model for --runtime onnx (default: <stage folder>/model.onnx)",
+    )
     infer.add_argument("--threads", type=int, help="TVM worker threads (default: all usable CPUs)")
     infer.add_argument("--threshold", type=float, help="override the manifest's threshold")
     infer.add_argument(
@@ -107,14 +118,29 @@ def _run(args: argparse.Namespace) -> int:
 
     model = Path(args.model) if args.model else embedded_package()
     package = read_model_package(model)
-    inspector = Inspector.load(
-        package,
-        device=args.device,
-        threads=args.threads,
-        colors=_parse_colors(args.colors),
-        threshold=args.threshold,
-        probe=args.probe,
-    )
+    if args.runtime == "onnx":
+        from lfv_edge.model.onnx_runner import load_onnx_runner
+
+        onnx_model = Path(args.onnx_model) if args.onnx_model else None
+        runner, choice = load_onnx_runner(
+            package, device=args.device, threads=args.threads, model=onnx_model
+        )
+        inspector = Inspector(
+            package,
+            runner,
+            device=choice,
+            colors=_parse_colors(args.colors),
+            threshold=args.threshold,
+        )
+    else:
+        inspector = Inspector.load(
+            package,
+            device=args.device,
+            threads=args.threads,
+            colors=_parse_colors(args.colors),
+            threshold=args.threshold,
+            probe=args.probe,
+        )
     images = list(_iter_images(args.images))
     progress = _Progress(len(images), sys.stderr)
     mask_dir = Path(args.mask_dir) if args.mask_dir else None

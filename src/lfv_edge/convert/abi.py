@@ -266,16 +266,18 @@ class KernelLibrary:
     def __init__(self, path: Path, *, system_lib: bool = False) -> None:
         self.path = path
         self.hooks = _Hooks()
-        self._scratch = tempfile.TemporaryDirectory(prefix="lfv-kernels-")
-        private = Path(self._scratch.name) / "kernels.so"
-        shutil.copyfile(path, private)
         if system_lib:
             _load_shim(self.hooks)
-        try:
-            self._lib = ctypes.CDLL(str(private), mode=ctypes.RTLD_LOCAL)
-        except OSError as exc:
-            msg = f"{path}: cannot load the kernel library: {exc}"
-            raise ConvertError(msg) from exc
+        # A private copy: its own dlopen handle, so its hook slots are ours even when DLR has
+        # the same file open. The file can go once mapped.
+        with tempfile.TemporaryDirectory(prefix="lfv-kernels-") as scratch:
+            private = Path(scratch) / "kernels.so"
+            shutil.copyfile(path, private)
+            try:
+                self._lib = ctypes.CDLL(str(private), mode=ctypes.RTLD_LOCAL)
+            except OSError as exc:
+                msg = f"{path}: cannot load the kernel library: {exc}"
+                raise ConvertError(msg) from exc
         self._ctx = ctypes.c_int64(0)
         self._fill_slots()
         self._functions: dict[str, Callable[..., int]] = {}
@@ -362,7 +364,3 @@ class KernelLibrary:
             reason = self.hooks.last_error or "no message"
             msg = f"{name} returned {rc}: {reason}"
             raise KernelCallError(msg)
-
-    def close(self) -> None:
-        """Forget the private copy's file (the mapping stays until the process exits)."""
-        self._scratch.cleanup()

@@ -89,7 +89,9 @@ def convert_package(
                     report.verdict_note = "not compared: DLR did not run this package"
                 else:
                     try:
-                        report.verdicts = compare_verdicts(source, out, images)
+                        report.verdicts, skipped = compare_verdicts(source, out, images)
+                        if skipped:
+                            report.verdict_note = "images not usable: " + "; ".join(skipped)
                     except LfvEdgeError as exc:
                         report.verdict_note = f"not compared: {exc}"
             elif stage.manifest is None:

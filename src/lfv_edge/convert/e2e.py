@@ -24,7 +24,7 @@ import numpy as np
 from lfv_edge.convert.report import EndToEnd, OutputDifference, VerdictCheck
 from lfv_edge.convert.stage import StageModel
 from lfv_edge.convert.verify import Difference, difference
-from lfv_edge.errors import LfvEdgeError
+from lfv_edge.errors import InputError, LfvEdgeError
 from lfv_edge.inspection.pipeline import ImageSource, Inspector
 from lfv_edge.model import cpu_runtime
 from lfv_edge.model.device import DeviceChoice
@@ -112,8 +112,9 @@ def compare_with_dlr(
 
 def compare_verdicts(
     source: Path, model: Path, images: Sequence[tuple[str, ImageSource]]
-) -> list[VerdictCheck]:
-    """Each image through the LFV pipeline with DLR and with the converted model.
+) -> tuple[list[VerdictCheck], list[str]]:
+    """Each image through the LFV pipeline with DLR and with the converted model; also the
+    images that could not be used (and why).
 
     Raises:
         ModelPackageError: the package is not one lfv-edge serves (not an LFV package).
@@ -130,9 +131,14 @@ def compare_verdicts(
     )
     onnx = Inspector(package, OnnxRunner.load(package, model=model, provider="cpu"), device=choice)
     checks = []
+    skipped = []
     for label, image in images:
-        a = dlr.inspect(image).verdict
-        b = onnx.inspect(image).verdict
+        try:
+            a = dlr.inspect(image).verdict
+            b = onnx.inspect(image).verdict
+        except InputError as exc:
+            skipped.append(f"{label}: {exc}")
+            continue
         differing = 0
         if a.mask is not None and b.mask is not None:
             differing = int(np.count_nonzero(a.mask != b.mask))
@@ -141,7 +147,7 @@ def compare_verdicts(
                 label, a.is_anomalous, b.is_anomalous, a.confidence, b.confidence, differing
             )
         )
-    return checks
+    return checks, skipped
 
 
 def _dlr_main(argv: Sequence[str]) -> int:

@@ -54,7 +54,7 @@ from lfv_edge.convert.names import (
 from lfv_edge.convert.onnx_graph import OnnxGraph, Value
 
 Array = NDArray[np.generic]
-Probe = Callable[[Sequence[Array]], list[Array]]
+Probe = Callable[[Sequence[Array]], Sequence[Array]]
 Emit = Callable[[OnnxGraph, list[Value]], list[Value]]
 
 _EXACT_LIMIT = 1 << 24  # float32 holds every integer below this exactly
@@ -259,7 +259,7 @@ class Chain:
             if step.constants:
                 values = (
                     ", ".join(
-                        f"{np.float32(c)}" for c in constants[position : position + step.constants]
+                        str(np.float32(c)) for c in constants[position : position + step.constants]
                     )
                     if constants
                     else "?"
@@ -861,14 +861,16 @@ def _geometries(size: int, out: int, k: int) -> list[tuple[int, int, int, int]]:
                         found.append((stride, dilation, before, after))
 
     def rank(geometry: tuple[int, int, int, int]) -> tuple[int, ...]:
+        # Likeliest first: no dilation, symmetric, "same" or "valid" padding, stride 1 or 2.
         stride, dilation, before, after = geometry
-        symmetric = before == after
+        same = (k - 1) * dilation // 2
         return (
             dilation != 1,
-            not symmetric,
-            abs(before - (k - 1) * dilation // 2),
-            abs(after - before),
+            before != after,
+            before not in (same, 0),
+            stride not in (1, 2),
             stride,
+            abs(before - same),
         )
 
     return sorted(found, key=rank)

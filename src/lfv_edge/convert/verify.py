@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from lfv_edge.convert.abi import KernelLibrary, aligned_copy, aligned_empty
+from lfv_edge.convert.abi import KernelCallError, KernelLibrary, aligned_copy, aligned_empty
 from lfv_edge.convert.onnx_graph import OnnxGraph
 from lfv_edge.convert.plans import Context, KernelSpec, Plan, Unsupported, candidates
 from lfv_edge.errors import LfvEdgeError
@@ -124,19 +124,28 @@ def single_kernel_model(spec: KernelSpec, plan: Plan) -> bytes:
     return g.to_model()
 
 
-def randomised(inputs: Sequence[Array], rng: np.random.Generator) -> list[Array]:
-    """Every input's values shuffled and scaled by U(0.5, 1.5); constant inputs get noise."""
+def randomised(
+    inputs: Sequence[Array], rng: np.random.Generator, params: Sequence[bool] | None = None
+) -> list[Array]:
+    """Fresh inputs for the second check.
+
+    Data inputs become zero-mean normal noise at the real input's scale (so signs mix even
+    where the model's own data never goes negative: a kernel computing |x| must not pass
+    for a ReLU). Weights (`params`) keep their values, shuffled and scaled by U(0.5, 1.5),
+    so variances stay positive and scales stay plausible.
+    """
+    flags = list(params) if params is not None else [False] * len(inputs)
     out: list[Array] = []
-    for array in inputs:
+    for array, is_param in zip(inputs, flags, strict=True):
         values = np.asarray(array)
         if values.dtype.kind != "f":
             out.append(values.copy())
             continue
-        finite = values[np.isfinite(values)]
-        if finite.size < 2 or float(np.std(finite.astype(np.float64))) == 0.0:
-            scale = float(np.max(np.abs(finite))) if finite.size else 1.0
-            noisy = rng.standard_normal(values.shape) * (scale or 1.0)
-            out.append(noisy.astype(values.dtype))
+        finite = values[np.isfinite(values)].astype(np.float64)
+        spread = float(np.std(finite)) if finite.size > 1 else 0.0
+        if not is_param or spread == 0.0:
+            scale = spread or (float(np.max(np.abs(finite))) if finite.size else 0.0) or 1.0
+            out.append((rng.standard_normal(values.shape) * scale).astype(values.dtype))
             continue
         shuffled = rng.permutation(values.reshape(-1)).reshape(values.shape)
         out.append((shuffled * rng.uniform(0.5, 1.5, values.shape)).astype(values.dtype))
@@ -169,9 +178,20 @@ class KernelVerifier:
         """The first candidate plan that matches the kernel twice, with its report entry."""
         start = time.perf_counter()
         real = [np.array(a) for a in real_inputs]
-        want_real = self.probe(spec, real)
-        random_inputs = randomised(real, self.rng)
-        want_random = self.probe(spec, random_inputs)
+        random_inputs = randomised(real, self.rng, [t.is_param for t in spec.inputs])
+        try:
+            want_real = self.probe(spec, real)
+            want_random = self.probe(spec, random_inputs)
+        except KernelCallError as exc:
+            failed = KernelCheck(
+                spec.symbol,
+                str(spec.name),
+                nodes,
+                status="unverified",
+                reason=f"the kernel itself fails: {exc}",
+                seconds=time.perf_counter() - start,
+            )
+            return failed, None
         ctx = Context(spec, lambda arrays: self.probe(spec, arrays), real, self.rng)
         tried = 0
         closest: tuple[float, str] | None = None
@@ -211,7 +231,7 @@ class KernelVerifier:
                     seconds=time.perf_counter() - start,
                 )
                 return check, plan
-        except Unsupported as exc:
+        except (Unsupported, KernelCallError) as exc:
             reason = str(exc)
         else:
             if closest is None:

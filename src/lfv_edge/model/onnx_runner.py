@@ -30,7 +30,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from lfv_edge.errors import InferenceError, ModelPackageError
+from lfv_edge.errors import DeviceError, InferenceError, ModelPackageError
+from lfv_edge.model.device import DeviceChoice, DeviceRequest
 from lfv_edge.model.package import ModelPackage
 
 logger = logging.getLogger(__name__)
@@ -249,3 +250,38 @@ class OnnxRunner:
         with self._lock:
             outputs = self._session.run({self.info.input_name: tensor})
         return [np.asarray(output, dtype=np.float32) for output in outputs]
+
+
+def load_onnx_runner(
+    package: ModelPackage,
+    *,
+    device: DeviceRequest = "auto",
+    threads: int | None = None,
+    model: Path | None = None,
+) -> tuple[OnnxRunner, DeviceChoice]:
+    """`model.runtime: onnx`: the package's converted model in ONNX Runtime, and the device.
+
+    `device` maps to execution providers: `cpu` → CPU; `gpu` → TensorRT and/or CUDA (an
+    error when this onnxruntime build has neither); `auto` → the GPU providers when present,
+    else CPU. `model` defaults to `<stage folder>/model.onnx` (`lfv-edge convert
+    --into-package` puts it there).
+
+    Raises:
+        DeviceError: `gpu` asked for and no GPU provider installed.
+        ModelPackageError: no converted model, or one converted from another package.
+    """
+    have = available_providers()
+    gpu = [p for p in ("tensorrt", "cuda") if p in have]
+    if device == "gpu" and not gpu:
+        msg = f"device gpu with the onnx runtime needs onnxruntime-gpu (CUDA or TensorRT execution provider); this onnxruntime has {', '.join(have)}"
+        raise DeviceError(msg)
+    provider: OnnxProvider = (
+        "cpu" if device == "cpu" or not gpu else ("tensorrt" if "tensorrt" in gpu else "cuda")
+    )
+    runner = OnnxRunner.load(package, model=model, provider=provider, threads=threads)
+    used = runner.info.providers[0]
+    on_gpu = used != PROVIDER_NAMES["cpu"]
+    reason = f"ONNX Runtime {used}" + (
+        "" if device != "auto" else " (auto: best installed provider)"
+    )
+    return runner, DeviceChoice("gpu" if on_gpu else "cpu", reason)
