@@ -112,6 +112,24 @@ def test_upsample_then_crop_then_add_is_a_sum_of_gathers() -> None:
     assert plan.exact
 
 
+def test_upsampling_that_interpolates_is_found_among_resize_modes() -> None:
+    # "upsampling" may be nearest (data movement) or bilinear: the index ramp rules out the
+    # former, and the resize candidates follow. align_corners=True interpolation, factor 2:
+    def bilinear(a: Sequence[NDArray[np.float32]]) -> list[NDArray[np.float32]]:
+        x = a[0].astype(np.float64)
+        h, w = x.shape[2:]
+        ys, xs = np.linspace(0, h - 1, 2 * h), np.linspace(0, w - 1, 2 * w)
+        y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+        y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+        fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+        top = x[:, :, y0][:, :, :, x0] * (1 - fx) + x[:, :, y0][:, :, :, x1] * fx
+        bottom = x[:, :, y1][:, :, :, x0] * (1 - fx) + x[:, :, y1][:, :, :, x1] * fx
+        return [(top * (1 - fy) + bottom * fy).astype(np.float32)]
+
+    plan, _ = _first_match(_spec("fused_nn_upsampling", [(1, 2, 3, 4)], [(1, 2, 6, 8)]), bilinear)
+    assert plan.summary.endswith("(align_corners)")
+
+
 def test_a_kernel_that_computes_is_not_taken_for_data_movement() -> None:
     spec = _spec("fused_reshape", [(2, 3)], [(3, 2)])
     rng = np.random.default_rng(0)

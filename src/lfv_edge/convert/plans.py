@@ -523,8 +523,13 @@ def candidates(ctx: Context) -> Iterator[Plan]:
         if bad:
             msg = f"{', '.join(bad)} mixed with data movement"
             raise Unsupported(msg)
-        yield from _gather(ctx, ops)
-        if "upsampling" in ops and len(spec.inputs) == 1:
+        resizable = "upsampling" in ops and len(spec.inputs) == 1
+        try:
+            yield from _gather(ctx, ops)
+        except Unsupported:
+            if not resizable:  # "upsampling" may be bilinear: not data movement, a resize
+                raise
+        if resizable:
             yield from _resize(ctx, epilogue=())
         return
     if all(op in ELEMENTWISE_OPS or op == "layout_transform" for op in ops):
