@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lfv_edge.cli import main
@@ -109,3 +110,17 @@ def test_device_choice_for_the_onnx_runtime(converted: dict[str, Path]) -> None:
             load_onnx_runner(package, device="gpu")
         _, auto = load_onnx_runner(package, device="auto")
         assert auto.device == "cpu"
+
+
+def test_a_zipped_package_carries_the_model_and_runs_it(
+    converted: dict[str, Path], tmp_path: Path
+) -> None:
+    from lfv_edge.convert.api import write_package_with_model
+
+    source = read_model_package(embedded_package())
+    target = write_package_with_model(source.root, "mochi", converted["model"], tmp_path / "p.zip")
+    package = read_model_package(target)
+    runner, _ = load_onnx_runner(package, device="cpu", threads=1)
+    assert runner.info.model == package.stage_dir / "model.onnx"
+    outputs = runner.run(np.zeros(package.stage.input_shape, dtype=np.float32))
+    assert [o.shape for o in outputs] == [(1, 5, 256, 256), (1, 2)]

@@ -71,6 +71,19 @@ def test_a_crashing_kernel_is_reported_and_the_converter_survives(
     assert {k.symbol: k.status for k in report.kernels}["fused_nn_relu"] == "verified"
 
 
+def test_a_kernel_that_never_returns_is_stopped_and_reported(
+    write_stage: StageWriter, hook_libraries: dict[str, Path], tmp_path: Path
+) -> None:
+    stage = write_stage(_chain("fused_nn_relu", "fused_sigmoid"), hook_libraries["hooks"])
+    options = ConvertOptions(check_dlr=False, stall_s=3.0)
+    report = convert_package(stage, tmp_path / "m.onnx", options=options)
+    assert report.model is None
+    assert {k.symbol: k.status for k in report.kernels} == {
+        "fused_nn_relu": "verified",
+        "fused_sigmoid": "crashed",
+    }
+
+
 def test_an_external_library_call_is_named(
     write_stage: StageWriter, hook_libraries: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -6,7 +6,8 @@ SIGSEGV, SIGBUS, or a loop that never ends. So every kernel call happens in a ch
 (worker.py). When a child dies, the last line of its progress file names the kernel it was
 calling; the child is started again with that kernel marked "crashed" (never called again,
 reported as such, and the conversion refused), until a child finishes. A child that writes
-no progress for `stall_s` seconds is killed and treated the same way.
+no progress for `stall_s` seconds is killed and treated the same way. A child that exits with
+a Python error is not a kernel's fault: that ends the conversion with the error.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ def run_worker(
         if code == 3:
             reason = (stderr.strip().splitlines() or ["no reason given"])[-1]
             raise ConvertError(reason)
+        if code > 0 and not stalled:  # a Python error in the child, not a kernel's crash
+            tail = " | ".join(stderr.strip().splitlines()[-3:])
+            msg = f"the converter's child process failed (exit {code}): {tail or 'no message'}"
+            raise ConvertError(msg)
         culprit = _last_kernel(progress)
         what = (
             f"no progress for {stall_s:.0f} s"

@@ -143,7 +143,7 @@ def run_job(job: Job) -> ConversionReport:
     start = time.perf_counter()
     work = Path(job.work_dir)
     stage = load_stage(Path(job.source))
-    report = ConversionReport(source=job.source, stage=str(stage.folder))
+    report = ConversionReport(source=job.source, stage=stage.folder.name)
     library = KernelLibrary(stage.kernel_lib, system_lib=stage.system_lib)
     executor = GraphExecutor(stage, library)
     verifier = KernelVerifier(library, seed=job.seed)
