@@ -80,9 +80,10 @@ def test_transpose_is_read_as_a_gather() -> None:
     assert plan.exact
 
 
-def test_padding_with_a_constant_is_a_gather_with_fill() -> None:
+@pytest.mark.parametrize("fill", [-7.5, 0.0])
+def test_padding_with_a_constant_is_a_gather_with_fill(fill: float) -> None:
     def pad(a: Sequence[NDArray[np.float32]]) -> list[NDArray[np.float32]]:
-        return [np.pad(a[0], ((0, 0), (0, 0), (1, 0), (0, 2)), constant_values=-7.5)]
+        return [np.pad(a[0], ((0, 0), (0, 0), (1, 0), (0, 2)), constant_values=fill)]
 
     plan, _ = _first_match(_spec("fused_nn_pad", [(1, 2, 3, 3)], [(1, 2, 4, 5)]), pad)
     assert plan.recipe == "gather"

@@ -655,11 +655,12 @@ def _gather(ctx: Context, ops: Sequence[str]) -> Iterator[Plan]:
             results = []
             for k, shape in enumerate(out_shapes):
                 gathered = plans_maps[k]
-                if fill_mask[k].any():
-                    fill_values = fills[k][fill_mask[k]]
+                filled = gathered < 0  # positions no input reaches: constant (padding) values
+                if filled.any():
+                    fill_values = fills[k][filled]
                     extended = g.concat_flat([flat, OnnxGraph.const(fill_values)])
                     index = gathered.copy()
-                    index[fill_mask[k]] = flat.size + np.arange(fill_values.size)
+                    index[filled] = flat.size + np.arange(fill_values.size)
                     out = g.flat_gather(extended, index, shape)
                 else:
                     out = g.flat_gather(flat, gathered, shape)
