@@ -34,7 +34,7 @@ FLAG_VALUES: dict[str, str] = {
     "model.thresholdOverride": "0.25", "imageRoots": "/data", "limits.maxPayloadBytes": "4096",
     "queue.size": "5", "queue.overflow": "drop_oldest", "queue.prepareWorkers": "2",
     "queue.waitingMaxBytes": "1000", "queue.spillDir": "/spill", "queue.spillMaxBytes": "0",
-    "stopTimeoutS": "4",
+    "stopTimeoutS": "4", "model.runtime": "onnx", "model.onnxModel": "/m/model.onnx",
     "statsIntervalS": "7", "logLevel": "debug", "mqtt.broker": "mqtts://b:8883",
     "mqtt.requestsTopic": "r/#", "mqtt.resultsTopic": "res", "mqtt.statusTopic": "st",
     "mqtt.statsTopic": "sts", "mqtt.clientId": "c1", "mqtt.qos": "0", "mqtt.caFile": "ca.pem",
@@ -59,9 +59,9 @@ def _value_at(config: object, path: str) -> Any:
 def test_every_flag_sets_its_key() -> None:
     # given every key that declares a serve flag
     rows = [row for row in reference_rows(ServiceConfig) if row.spec.flag]
-    assert {row.path for row in rows} - {"results.includeMask"} == set(FLAG_VALUES), (
-        "FLAG_VALUES names every flag (update it with the schema)"
-    )
+    assert {row.path for row in rows} - {"results.includeMask", "model.probe"} == set(
+        FLAG_VALUES
+    ), "FLAG_VALUES names every flag (update it with the schema)"
     argv = ["serve"]
     for row in rows:
         if row.spec.flag_const is None:

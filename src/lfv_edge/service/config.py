@@ -79,6 +79,8 @@ from lfv_edge.service.schema import (
 
 Device = Literal["auto", "cpu", "gpu"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "gpu")
+Runtime = Literal["dlr", "onnx"]
+RUNTIMES: tuple[Runtime, ...] = ("dlr", "onnx")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # The LFV Edge Agent's own default socket (its only configuration key).
 DEFAULT_AGENT_SOCKET = "unix:///tmp/aws.iot.lookoutvision.EdgeAgent.sock"
@@ -97,6 +99,10 @@ def _overflow(value: object, where: str) -> OverflowPolicy:
 
 def _device(value: object, where: str) -> Device:
     return cast(Device, to_choice(DEVICES)(value, where))
+
+
+def _runtime(value: object, where: str) -> Runtime:
+    return cast(Runtime, to_choice(RUNTIMES)(value, where))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +130,21 @@ class ModelConfig:
         doc='mask colour per label, `{"scratch": "#FF0000"}`',
     )  # fmt: skip
     probe: bool = key(
-        "probe", to_bool, default=False,
+        "probe", to_bool, default=False, flag="--probe", flag_const=True,
         doc="load the package once in a child process first (packages from outside)",
     )  # fmt: skip
     lookout_vision_model_arn: str = key(
         "lookoutVisionModelArn", to_text, default="", default_doc="empty",
         doc="the LFV model's ARN, reported by the Edge Agent API (DescribeModel, ListModels)",
+    )  # fmt: skip
+    runtime: Runtime = key(
+        "runtime", _runtime, default="dlr", flag="--runtime", choices=RUNTIMES,
+        doc="`dlr` (the package's compiled model) or `onnx` (its converted model in ONNX "
+        "Runtime: `lfv-edge convert --into-package`; needs the `onnx` extra)",
+    )  # fmt: skip
+    onnx_model: Path | None = key(
+        "onnxModel", to_path, default=None, default_doc="`model.onnx` in the stage folder",
+        flag="--onnx-model", metavar="FILE", doc="the converted model for `runtime: onnx`",
     )  # fmt: skip
 
 
@@ -560,7 +575,8 @@ def add_config_flags(parser: argparse.ArgumentParser, paths: Sequence[str] | Non
             )  # fmt: skip
         else:
             group.add_argument(
-                spec.flag, dest=_dest(row.path), metavar=spec.metavar or "VALUE",
+                spec.flag, dest=_dest(row.path),
+                metavar=spec.metavar or (None if spec.choices else "VALUE"),
                 action="append" if spec.flag_append else "store",
                 choices=spec.choices, help=help_text,
             )  # fmt: skip
