@@ -13,7 +13,6 @@ defaults. Output names come from the `.meta` (`Model.Outputs[i].name`), else `ou
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from lfv_edge.convert import ConvertError
 from lfv_edge.convert.abi import SYSTEM_LIB_SYMBOLS
 from lfv_edge.errors import ModelPackageError
-from lfv_edge.model.archive import extract_package_zip
+from lfv_edge.model.archive import extract_package_zip, sha256_of
 from lfv_edge.model.elf import (
     MACHINE_NAMES,
     ElfError,
@@ -65,14 +64,6 @@ class StageModel:
     def input_dtype(self, name: str) -> str:
         """Dtype of a data input."""
         return self.graph.arg_dtype(name)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _package_root(folder: Path) -> Path | None:
@@ -170,8 +161,8 @@ def load_stage(source: Path) -> StageModel:
         input_names=inputs,
         inputs_have_defaults=defaults,
         output_names=names,
-        graph_sha256=_sha256(files.graph_json),
-        params_sha256=_sha256(files.params),
+        graph_sha256=sha256_of(files.graph_json),
+        params_sha256=sha256_of(files.params),
         manifest=manifest,
         manifest_text=manifest_text,
         package_root=root,

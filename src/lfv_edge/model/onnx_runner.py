@@ -18,7 +18,6 @@ loading a model raises `ModelPackageError` saying what to install.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import types
@@ -31,6 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lfv_edge.errors import DeviceError, InferenceError, ModelPackageError
+from lfv_edge.model.archive import sha256_of
 from lfv_edge.model.device import DeviceChoice, DeviceRequest
 from lfv_edge.model.package import ModelPackage
 
@@ -156,15 +156,6 @@ class OnnxSession:
         return [tuple(o.shape) for o in self._session.get_outputs()]
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True, slots=True)
 class OnnxRuntimeInfo:
     """What was loaded: the file, the providers in use, the input and output names."""
@@ -214,8 +205,8 @@ class OnnxRunner:
         session = OnnxSession(path, threads=threads, providers=provider_chain(provider))
         meta = session.metadata()
         expected = {
-            META_GRAPH_SHA256: sha256_file(package.stage.files.graph_json),
-            META_PARAMS_SHA256: sha256_file(package.stage.files.params),
+            META_GRAPH_SHA256: sha256_of(package.stage.files.graph_json),
+            META_PARAMS_SHA256: sha256_of(package.stage.files.params),
         }
         for key, digest in expected.items():
             if meta.get(key) != digest:
