@@ -132,8 +132,9 @@ class GreengrassComponent:
                 target=self._apply_loop, name="lfv-config", daemon=True
             )
             self._applier.start()
-            service.start()
+            # Built before the service starts: the web view's observer sees every reply.
             self._companions = build_companions(config, service, transport, self._environ)
+            service.start()
             start_companions(self._companions)
             self._connection.update_state("RUNNING")
         except LfvEdgeError as exc:
@@ -285,7 +286,10 @@ class GreengrassComponent:
         model, old_model = new.model, old.model
         if (model.path, model.device) != (old_model.path, old_model.device):
             try:
-                service.replace_inspector(load_inspector(model, new.limits, environ=self._environ))
+                with service.model_reload():  # /readyz: not ready while the new model loads
+                    service.replace_inspector(
+                        load_inspector(model, new.limits, environ=self._environ)
+                    )
             except LfvEdgeError as exc:
                 logger.error("model.path %s not loaded, still serving %s: %s", model.path,
                              old_model.path, exc)  # fmt: skip

@@ -184,3 +184,23 @@ def resize_nearest(labels: NDArray[np.uint8], width: int, height: int) -> NDArra
         return labels
     resized = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
     return np.asarray(resized, dtype=np.uint8)
+
+
+def encode_jpeg(image: NDArray[np.uint8], *, quality: int = 85, rgb: bool = True) -> bytes:
+    """JPEG bytes of an H×W×3 image (RGB unless `rgb=False`), for pictures people look at."""
+    pixels = np.ascontiguousarray(image[:, :, ::-1]) if rgb and image.ndim == 3 else image
+    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        msg = "JPEG encoding failed"
+        raise RuntimeError(msg)
+    return bytes(encoded)
+
+
+def fit_within(image: NDArray[np.uint8], max_side: int) -> NDArray[np.uint8]:
+    """`image` scaled down (area averaging) so neither side exceeds `max_side`; never up."""
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
