@@ -314,6 +314,8 @@ class GreengrassComponent:
             logger.warning("model.threads takes effect at the next start (TVM sizes its pool once)")
         if new.stats_interval_s != old.stats_interval_s:
             logger.warning("statsIntervalS takes effect at the next start")
+        if new.http != old.http:
+            logger.warning("http takes effect at the next start (the web view binds once)")
         settings = service_settings(new, self._environ)
         if settings != service.settings or new.queue.size != old.queue.size:
             service.update_settings(settings, queue_size=new.queue.size)

@@ -65,11 +65,13 @@ def render_overlay(
     return np.vstack([header, picture, legend])
 
 
-def blend_mask(picture: NDArray[np.uint8], verdict: Verdict, *, outline: int = 2) -> None:
+def blend_mask(
+    picture: NDArray[np.uint8], verdict: Verdict, *, outline: int = 2, bgr: bool = False
+) -> None:
     """Blend the verdict's mask (scaled to `picture`) into `picture` in place, outlined.
 
-    `picture` is RGB at any size (the web view draws on its preview and thumbnail); without a
-    mask it is left as it is.
+    `picture` is RGB (BGR with `bgr`) at any size (the web view draws on its preview); without
+    a mask it is left as it is.
     """
     if verdict.mask is None:
         return
@@ -79,6 +81,8 @@ def blend_mask(picture: NDArray[np.uint8], verdict: Verdict, *, outline: int = 2
         return
     colors = verdict.mask_rgb()
     assert colors is not None  # noqa: S101 - mask is not None
+    if bgr:
+        colors = np.ascontiguousarray(colors[:, :, ::-1])
     colored = cv2.resize(colors, (width, height), interpolation=cv2.INTER_NEAREST)
     defect = labels != 0
     blended = cv2.addWeighted(picture, 1 - _ALPHA, colored, _ALPHA, 0)
@@ -90,7 +94,7 @@ def blend_mask(picture: NDArray[np.uint8], verdict: Verdict, *, outline: int = 2
             (labels == index).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
         )
         color = _hex_to_rgb(verdict.mask_colors[int(index)])
-        cv2.drawContours(picture, contours, -1, color, outline)
+        cv2.drawContours(picture, contours, -1, color[::-1] if bgr else color, outline)
 
 
 def _legend(verdict: Verdict, width: int) -> NDArray[np.uint8]:

@@ -43,6 +43,7 @@ class _Spooling(Protocol):
 
 class _SpoolSize(Protocol):
     def __len__(self) -> int: ...
+    @property
     def size_bytes(self) -> int: ...
 
 
@@ -124,7 +125,7 @@ class ServiceBackend:
     def gauges(self) -> Gauges:
         service = self.service
         spool = {
-            t.name: (len(t.spool), t.spool.size_bytes())
+            t.name: (len(t.spool), t.spool.size_bytes)
             for t in service.transports
             if isinstance(t, _Spooling)
         }

@@ -102,7 +102,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         headers = {name.lower(): value for name, value in self.headers.items()}
-        response = self.server.app.handle(self.command, self.path, headers, self.client_address[0])
+        try:
+            response = self.server.app.handle(
+                self.command, self.path, headers, self.client_address[0]
+            )
+        except Exception:  # a bug in one route: answer 500, keep serving
+            logger.exception("web view: %s %s failed", self.command, self.path[:200])
+            response = Response(500, b"internal error (see the log)\n")
         if response.status >= 400 and response.status not in (401, 404):
             self.close_connection = True  # a refused request may have left a body unread
         if response.stream_after is not None:

@@ -175,7 +175,7 @@ function showStatus(status) {
   const verdicts = (c.Anomalous || 0) + (c.Normal || 0);
   $("c-rate").textContent = verdicts ? percent(c.Anomalous / verdicts) : "–";
   const latency = c.LatencyMs;
-  $("c-latency").textContent = latency ? Math.round(latency.p50) + " / " + Math.round(latency.p99) + " ms" : "–";
+  $("c-latency").textContent = latency ? Math.round(latency.p50) + " / " + Math.round(latency.p99) : "–";
   $("c-queue").textContent = status.QueueCapacity !== undefined
     ? status.QueueDepth + " / " + status.QueueCapacity : "–";
   const ready = $("ready");
