@@ -61,4 +61,5 @@ def test_readyz_is_503_while_a_deployment_loads_a_new_model(
         assert statuses[0] == 200, "ready before the deployment's update was applied"
         assert _get(port, "/readyz") == (200, b"ready\n"), "ready with the new model"
         status, body = _get(port, "/api/model")
-        assert status == 200 and b'"Name":"parts"' in body, body[:300]
+        assert status == 200, body[:300]
+        assert b'"Name":"parts"' in body, body[:300]

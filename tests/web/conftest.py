@@ -67,7 +67,11 @@ def jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
 
 def body_request(request_id: str, image: bytes) -> bytes:
     return json.dumps(
-        {"RequestId": request_id, "Body": base64.b64encode(image).decode(), "ContentType": "image/jpeg"}
+        {
+            "RequestId": request_id,
+            "Body": base64.b64encode(image).decode(),
+            "ContentType": "image/jpeg",
+        }
     ).encode()
 
 
@@ -303,4 +307,3 @@ def screenshot_dir(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("LFV_EDGE_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-

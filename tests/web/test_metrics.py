@@ -89,14 +89,13 @@ def test_metrics_agree_with_the_requests_sent(
     assert value(families, "lfv_edge_web_history_entries") == 15
     package = live.service.inspector.package
     info = families["lfv_edge_model_info"].samples[0]
-    assert info.labels["name"] == package.name and info.labels["version"] == package.version
+    assert info.labels["name"] == package.name, info.labels
+    assert info.labels["version"] == package.version, info.labels
     assert info.labels["device"] == "cpu", info.labels
     assert "process_resident_memory_bytes" in families, "process metrics are there"
     # every documented name is exposed
     exposed = {s.name for f in families.values() for s in f.samples}
-    missing = [
-        n for n in METRIC_NAMES if not any(e == n or e.startswith(n + "_") for e in exposed)
-    ]
+    missing = [n for n in METRIC_NAMES if not any(e == n or e.startswith(n + "_") for e in exposed)]
     assert missing == ["lfv_edge_spool_replies", "lfv_edge_spool_bytes"], (
         f"all but the MQTT spool (no spool on this transport) are exposed: {missing}"
     )

@@ -34,13 +34,13 @@ def _serve(broker: Broker, topic: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _wait(driver: Any, condition: Callable[[Any], object], what: str) -> Any:  # noqa: ANN401 - selenium is untyped
+def _wait(driver: Any, condition: Callable[[Any], object], what: str) -> Any:
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, WAIT_S).until(condition, message=what)
 
 
-def _loaded_thumbnails(driver: Any) -> int:  # noqa: ANN401
+def _loaded_thumbnails(driver: Any) -> int:
     count: int = driver.execute_script(
         "return [...document.querySelectorAll('#grid img.thumb')]"
         ".filter(i => i.complete && i.naturalWidth > 0).length"
@@ -64,7 +64,7 @@ def _colour_share(png: Path, bgr: tuple[int, int, int], tolerance: int = 40) -> 
 def test_twenty_parts_appear_live_with_thumbnails_and_one_opens_with_its_overlay(
     broker: Broker,
     launch: Callable[[list[str]], Process],
-    browser: Any,  # noqa: ANN401 - selenium's WebDriver
+    browser: Any,
     part_requests: list[bytes],
     tmp_path: Path,
 ) -> None:

@@ -34,14 +34,16 @@ def test_readyz_says_not_ready_during_a_model_reload_and_a_transport_outage(live
     # when the transport loses its connection
     live.transport.up = False
     answer = http_get(live.port, "/readyz")
-    assert answer.status == 503 and b"transport memory is not connected" in answer.body, answer
+    assert answer.status == 503, answer
+    assert b"transport memory is not connected" in answer.body, answer
     assert value(scrape(live.port), "lfv_edge_transport_connected", transport="memory") == 0
     live.transport.up = True
     assert http_get(live.port, "/readyz").status == 200
     # when the service stops (SIGTERM's drain), orchestrators must stop sending
     live.service.stop(10.0)
     answer = http_get(live.port, "/readyz")
-    assert answer.status == 503 and b"stopping" in answer.body, answer
+    assert answer.status == 503, answer
+    assert b"stopping" in answer.body, answer
 
 
 def test_readyz_flips_while_the_broker_is_down(
