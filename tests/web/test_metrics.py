@@ -42,11 +42,13 @@ def test_metrics_agree_with_the_requests_sent(
         live.transport.deliver(payload)
     bad = [
         b"this is not a request",
-        json.dumps({"RequestId": "garbled", "Body": base64.b64encode(b"\xff\xd8 no").decode()}),
-        json.dumps({"RequestId": "outside", "ImagePath": "/etc/passwd"}),
+        json.dumps(
+            {"RequestId": "garbled", "Body": base64.b64encode(b"\xff\xd8 no").decode()}
+        ).encode(),
+        json.dumps({"RequestId": "outside", "ImagePath": "/etc/passwd"}).encode(),
     ]
-    for payload in bad:
-        live.transport.deliver(payload if isinstance(payload, bytes) else payload.encode())
+    for bad_payload in bad:
+        live.transport.deliver(bad_payload)
     live.wait_listed(15)
     replies = [json.loads(p.payload) for p in live.transport.published if p.topic == "results"]
     # then the parsed metrics say exactly what the replies say
