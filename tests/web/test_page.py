@@ -20,7 +20,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lfv_edge.demo.embedded import embedded_package
 from tests.mqtt.conftest import Broker, Peer, free_port
-from tests.web.conftest import WAIT_S, Process, http_get, screenshot_dir, wait_http
+from tests.web.conftest import (
+    WAIT_S,
+    Live,
+    Process,
+    body_request,
+    http_get,
+    jpeg,
+    part_rgb,
+    screenshot_dir,
+    wait_http,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -136,3 +146,34 @@ def test_twenty_parts_appear_live_with_thumbnails_and_one_opens_with_its_overlay
     received = families["lfv_edge_requests_received"].samples[0].value
     assert received == 20, f"20 requests received, got {received}"
     assert serve.terminate() == 0, f"serve stops cleanly:\n{serve.text()}"
+
+
+def test_hostile_request_ids_and_metadata_are_shown_as_text(
+    live: Live,
+    browser: Any,
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    # given the page open on a service's view
+    browser.get(f"http://127.0.0.1:{live.port}/")
+    _wait(browser, lambda d: d.find_element(By.ID, "live").text == "live", "the page is live")
+    title = browser.title
+    # when a request's id and metadata carry markup and script
+    hostile = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="x"</script>'
+    payload = json.loads(body_request(hostile, jpeg(part_rgb(3))))
+    payload["Metadata"] = {"Note": "</pre><svg onload=\"document.title='svg'\">"}
+    live.transport.deliver(json.dumps(payload).encode())
+    live.wait_listed(1)
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid .card")) == 1, "a card")
+    card = browser.find_element(By.CSS_SELECTOR, "#grid .card")
+    card.click()
+    _wait(browser, lambda d: d.find_element(By.ID, "detail").is_displayed(), "the detail view")
+    # then they are shown as text, and nothing of them ran or became an element
+    assert "<img src=x" in card.text, card.text
+    assert "</pre><svg" in browser.find_element(By.ID, "detail-reply").text
+    assert browser.title == title, "no injected script ran"
+    injected = browser.execute_script(
+        "return document.querySelectorAll('img[src=\"x\"], svg, #grid script, #detail script')"
+        ".length"
+    )
+    assert injected == 0, "no element was made from the data"

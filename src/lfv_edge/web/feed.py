@@ -44,7 +44,9 @@ from lfv_edge.web.metrics import WebMetrics
 
 logger = logging.getLogger(__name__)
 
-BACKLOG = 1024  # replies waiting for their pictures (summaries and replies: KBs each)
+# Replies waiting for their pictures; each holds its reply (up to ~60 KB with a 1080p mask),
+# so a starved thread holds at most ~15 MB of them.
+BACKLOG = 256
 PIXEL_BACKLOG = 4  # of which this many keep their decoded image
 PREVIEW_SIDE = 640
 THUMB_SIDE = 240

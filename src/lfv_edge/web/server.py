@@ -155,9 +155,14 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             app.close_stream()
 
+    def version_string(self) -> str:
+        return self.server_version  # no Python version in `Server`
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # http.server's own refusals (bad request line, unsupported version): plain text.
+        # http.server's own refusals (bad request line, unsupported version): plain text, with
+        # a status line even when the request line was too broken to name a version.
         self.close_connection = True
+        self.request_version = "HTTP/1.1"
         text = f"{code} {message or HTTPStatus(code).phrase}\n".encode()
         with contextlib.suppress(ConnectionError, TimeoutError):
             self._answer(Response(code, text), head_only=False)
