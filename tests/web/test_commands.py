@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -128,3 +129,18 @@ def test_serve_names_the_http_flag_in_errors(capsys: pytest.CaptureFixture[str])
     err = capsys.readouterr().err
     assert "http.tokenFile: required when listening beyond loopback" in err, err
     assert "(flag --http-token-file)" in err, err
+
+
+def test_the_component_zip_carries_the_page(tmp_path: Path) -> None:
+    from lfv_edge.greengrass.build import build_component_zip
+
+    repo = Path(__file__).resolve().parents[2]
+    archive = build_component_zip(repo, tmp_path / "component.zip")
+    with zipfile.ZipFile(archive) as zipped:
+        names = set(zipped.namelist())
+    for asset in ("index.html", "app.js", "style.css", "favicon.svg"):
+        assert f"src/lfv_edge/web/assets/{asset}" in names, asset
+    pyproject = (repo / "pyproject.toml").read_text()
+    assert '"web/assets/*"' in pyproject, (
+        "package data: wheels and the component's install carry them"
+    )
