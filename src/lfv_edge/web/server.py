@@ -245,7 +245,7 @@ class WebServer:
             msg = f"http.listen {self.host}:{self.requested_port}: cannot listen: {exc.strerror or exc}"
             raise TransportError(msg) from exc
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
             name="lfv-web-http", daemon=True,
         )  # fmt: skip
         self._thread.start()
