@@ -1,15 +1,17 @@
-"""Memory under a burst: RSS of a `lfv-edge serve` process while 10,000 requests arrive at once.
+"""Bursts: what a `lfv-edge serve` process answers, and its RSS, while thousands of requests arrive.
 
-    .venv/bin/python tools/rss_burst.py                    # 10,000 messages, serve's defaults
-    .venv/bin/python tools/rss_burst.py --messages 20000 --queue-size 64
+    .venv/bin/python tools/rss_burst.py --payload camera --messages 1000    # a camera's burst
+    .venv/bin/python tools/rss_burst.py --payload camera --messages 10000
+    .venv/bin/python tools/rss_burst.py                     # 10,000 mixed, valid and invalid
 
-A real mosquitto and a real `lfv-edge serve` (its default queue of 8, overflow `reject`,
---max-payload-bytes 1 MiB) on 127.0.0.1. One publisher sends the burst as fast as the broker
-takes it: mixed valid and invalid requests (small and 1280×720 images, broken JSON, bad base64,
-decompression-bomb headers, oversized payloads, deep nesting, bare garbage), far faster than
-the model serves, so most are answered Busy. Prints the serve process's RSS before the burst,
-its peak (the kernel's VmHWM), and after every reply arrived; the replies by kind; and
-whether every message was answered.
+A real mosquitto (Debian's, its own defaults unless --unlimited-broker-queue) and a real
+`lfv-edge serve` at its default settings (queue 8, Receive Maximum 64, waiting requests held up
+to 512 MiB in memory, then spilled to disk) on 127.0.0.1, with the demo package. One publisher
+sends the burst at QoS 1 as fast as the broker takes it: `camera` is 640×480 JPEG requests
+(a camera at the line); `mixed` adds invalid requests of every kind (broken JSON, bad base64,
+decompression-bomb headers, oversized payloads, deep nesting, garbage) and 1280×720 images.
+Prints the replies by kind (verdict or error code), the serve process's RSS before the burst,
+its peak (VmHWM) and after, the most spilled to disk, and whether every message was answered.
 """
 
 from __future__ import annotations
@@ -37,9 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.mqtt.conft
 
 from tests.mqtt.conftest import Broker, free_port
 
+from lfv_edge.demo.embedded import embedded_package
 from lfv_edge.model import cpu_runtime
-from lfv_edge.modelbuild.compile import compile_kernels
-from lfv_edge.modelbuild.package import PackageSpec, build_lfv_package
 
 MAX_PAYLOAD = 1 << 20
 WAIT_S = 600.0
@@ -67,8 +68,12 @@ def _kinds() -> list[tuple[str, bytes | None]]:
     ]  # fmt: skip
 
 
+def _camera_kinds() -> list[tuple[str, bytes | None]]:
+    return [("camera", _encode(".jpg", 480, 640, seed)) for seed in range(8)]
+
+
 def _payload(kind: str, data: bytes | None, request_id: str) -> bytes:
-    if kind in {"small", "large", "bomb"}:
+    if kind in {"small", "large", "bomb", "camera"}:
         if data is None:
             raise ValueError(kind)
         return json.dumps(
@@ -138,7 +143,14 @@ class Dashboard:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--queue-size", type=int, default=8)
+    parser.add_argument("--payload", choices=("camera", "mixed"), default="mixed")
+    parser.add_argument("--queue-size", type=int, help="serve's queue.size (default: its own)")
+    parser.add_argument("--model", type=Path, help="package (default: the demo package)")
+    parser.add_argument(
+        "--unlimited-broker-queue",
+        action="store_true",
+        help="mosquitto with max_queued_messages 0 (its default, 1,000, drops the excess)",
+    )
     args = parser.parse_args()
     runtime = cpu_runtime.find_cpu_runtime()
     if runtime is None:
@@ -146,18 +158,10 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="lfv-rss-burst-") as scratch:
         root = Path(scratch)
-        package = root / "package"
-        build_lfv_package(
-            package,
-            PackageSpec(image_width=224, image_height=224, segmentation_head=True),
-            libdlr=runtime.library,
-            kernels=compile_kernels(cache_dir=root / "kernels"),
-        )
+        package = args.model or embedded_package()
         (root / "broker").mkdir()
-        # No per-client queue limit (mosquitto's default of 1,000 would drop the burst there).
-        broker = Broker(
-            root / "broker", free_port(), "max_queued_messages 0\nset_tcp_nodelay true\n"
-        )
+        extra = "max_queued_messages 0\n" if args.unlimited_broker_queue else ""
+        broker = Broker(root / "broker", free_port(), extra + "set_tcp_nodelay true\n")
         broker.start()
         topic = f"rss/{uuid.uuid4().hex[:6]}"
         log = (root / "serve.log").open("w")
@@ -165,12 +169,14 @@ def main() -> int:
             [sys.executable, "-m", "lfv_edge", "serve", "--model", str(package),
              "--broker", broker.url, "--requests-topic", f"{topic}/requests",
              "--results-topic", f"{topic}/results", "--status-topic", f"{topic}/status",
-             "--client-id", f"rss-serve-{uuid.uuid4().hex[:6]}", "--queue-size", str(args.queue_size),
-             "--max-payload-bytes", str(MAX_PAYLOAD), "--stats-interval", "0", "--log-level", "WARNING"],
+             "--client-id", f"rss-serve-{uuid.uuid4().hex[:6]}", "--max-payload-bytes",
+             str(MAX_PAYLOAD), "--stats-interval", "0", "--log-level", "WARNING",
+             *(["--queue-size", str(args.queue_size)] if args.queue_size else [])],
             stdout=subprocess.DEVNULL, stderr=log,
+            env={**os.environ, "LFV_EDGE_CACHE_DIR": str(root / "cache")},
         )  # fmt: skip
         try:
-            return _burst(args, broker, topic, serve)
+            return _burst(args, broker, topic, serve, root / "cache" / "waiting")
         finally:
             if serve.poll() is None:
                 serve.terminate()
@@ -179,8 +185,22 @@ def main() -> int:
             broker.stop(kill=True)
 
 
+def _spilled_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.glob("run-*/*"):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:  # taken back meanwhile
+            continue
+    return total
+
+
 def _burst(
-    args: argparse.Namespace, broker: Broker, topic: str, serve: subprocess.Popen[bytes]
+    args: argparse.Namespace,
+    broker: Broker,
+    topic: str,
+    serve: subprocess.Popen[bytes],
+    spill: Path,
 ) -> int:
     dashboard = Dashboard(broker.port, f"{topic}/results")
     online = threading.Event()
@@ -202,7 +222,7 @@ def _burst(
     sock = publisher.socket()
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    kinds = _kinds()
+    kinds = _camera_kinds() if args.payload == "camera" else _kinds()
     # warm up: the model's first runs, thread pools, reply encoders
     for i in range(20):
         publisher.publish(f"{topic}/requests", _payload("small", kinds[0][1], f"warm-{i}"), qos=1)
@@ -210,11 +230,13 @@ def _burst(
         raise RuntimeError("the warm-up requests were not answered")
     before = _rss_kib(serve.pid, "VmRSS")
     samples: list[int] = []
+    spilled: list[int] = [0]
     done = threading.Event()
 
     def sample() -> None:
-        while not done.wait(0.02):
+        while not done.wait(0.05):
             samples.append(_rss_kib(serve.pid, "VmRSS"))
+            spilled.append(_spilled_bytes(spill))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -246,6 +268,7 @@ def _burst(
         f"serve RSS: before {before / mib:.1f} MiB, peak {peak / mib:.1f} MiB (VmHWM; "
         f"sampled max {max(samples, default=0) / mib:.1f}), after {after / mib:.1f} MiB"
     )
+    print(f"most spilled to disk at once: {max(spilled) / (1 << 20):.1f} MiB")
     print("every message answered" if answered else "NOT every message was answered")
     return 0 if answered else 1
 

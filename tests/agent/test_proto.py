@@ -28,6 +28,8 @@ WIRE_CONTRACT = [
     ("DetectAnomalyResult", "confidence", 2),
     ("DetectAnomalyResult", "anomaly_mask", 3),
     ("DetectAnomalyResult", "anomalies", 4),
+    ("DetectAnomalyResult", "anomaly_score", 5),  # the current DetectAnomalies reference page
+    ("DetectAnomalyResult", "anomaly_threshold", 6),
     ("Anomaly", "name", 1),
     ("Anomaly", "pixel_anomaly", 2),
     ("PixelAnomaly", "total_percentage_area", 1),

@@ -6,11 +6,13 @@ event-stream RPC protocol, enforces accessControl and records what the component
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lfv_edge.modelbuild.package import PackageSpec
 from tests.conftest import PackageFactory
 from tests.greengrass.conftest import (
     OTHER_MODEL_SPEC,
@@ -226,6 +228,40 @@ def test_sigterm_answers_what_was_received_then_exits_zero(
         answers = [reply(p.binary_message) for p in nucleus.local_publishes]
         assert {a["RequestId"] for a in answers} == ids, "every received request was answered"
         assert [a for a in answers if "Error" in a] == [], "drained, not refused"
+
+
+def test_sigterm_under_a_burst_exits_within_the_nucleus_budget(
+    start_component: StartComponent, make_package: PackageFactory
+) -> None:
+    # given the recipe's defaults (stopTimeoutS 4), a model taking tens of ms per image and
+    # 200 IoT Core requests received: seconds of work left when the nucleus stops us
+    slow = make_package(PackageSpec(image_width=1000, image_height=1000, network="bench"))
+    with start_component({"model": {"path": str(slow)}, "statsIntervalS": "0.1"}) as component:
+        nucleus = component.nucleus
+        ids = [f"c{i}" for i in range(200)]
+        for request_id in ids:
+            nucleus.deliver_iot_core(f"lfv/{THING}/requests", request(request_id, 0.9))
+        for _ in range(300):  # a snapshot every 0.1 s, each waited for (no sleeping)
+            stats = reply(nucleus.wait_for_iot_core_publish(f"lfv/{THING}/stats").payload)
+            if stats["Received"] == len(ids):
+                break
+        assert stats["Received"] == len(ids), "every request reached the service"
+        # when the nucleus stops it: SIGTERM, then SIGKILL 5 s later
+        started = time.monotonic()
+        component.terminate()
+        code = component.exit_code()
+        elapsed = time.monotonic() - started
+        # then it exits 0 before the SIGKILL, having answered each request once: a verdict
+        # when there was time, Busy for the rest (IoT Core does not deliver them again)
+        assert code == 0, component.logs()
+        assert elapsed < 5.0, f"stopped in {elapsed:.2f} s: the nucleus would have killed it"
+        answers = [reply(p.payload) for p in nucleus.iot_core_publishes if p.topic == IOT_RESULTS]
+        assert sorted(a["RequestId"] for a in answers) == sorted(ids), "one reply each"
+        busy = [a for a in answers if a.get("Error", {}).get("Code") == "Busy"]
+        verdicts = [a for a in answers if "DetectAnomalyResult" in a]
+        assert len(busy) + len(verdicts) == len(ids), "verdicts or Busy, nothing else"
+        assert busy, "the burst outlasted the budget (else this test shows nothing)"
+        print(f"stop under load: {elapsed:.2f} s, {len(verdicts)} verdicts, {len(busy)} Busy")
 
 
 @pytest.mark.parametrize(

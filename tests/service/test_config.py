@@ -11,6 +11,7 @@ import pytest
 from lfv_edge.errors import ConfigError
 from lfv_edge.service.config import (
     AgentConfig,
+    AgentModelConfig,
     OverflowPolicy,
     merge_config,
     parse_config,
@@ -81,7 +82,7 @@ def test_every_section_parses_into_typed_values() -> None:
     assert config.ipc.iot_core_requests_topic == "lfv/press-7/req", "{thingName} in IPC topics"
     assert config.ipc.timeout_s == 5.0, "ipc.timeoutS"
     assert config.agent == AgentConfig(socket="unix:///tmp/agent.sock", socket_mode=0o600,
-                                       models={"parts": Path("/models/parts.zip")}, start_models=("parts",),
+                                       models={"parts": AgentModelConfig(Path("/models/parts.zip"))}, start_models=("parts",),
                                        max_pending_per_model=2, publish_results=True), "agent section"  # fmt: skip
 
 

@@ -33,6 +33,8 @@ FLAG_VALUES: dict[str, str] = {
     "model.path": "/models/p.zip", "model.device": "cpu", "model.threads": "3",
     "model.thresholdOverride": "0.25", "imageRoots": "/data", "limits.maxPayloadBytes": "4096",
     "queue.size": "5", "queue.overflow": "drop_oldest", "queue.prepareWorkers": "2",
+    "queue.waitingMaxBytes": "1000", "queue.spillDir": "/spill", "queue.spillMaxBytes": "0",
+    "stopTimeoutS": "4",
     "statsIntervalS": "7", "logLevel": "debug", "mqtt.broker": "mqtts://b:8883",
     "mqtt.requestsTopic": "r/#", "mqtt.resultsTopic": "res", "mqtt.statusTopic": "st",
     "mqtt.statsTopic": "sts", "mqtt.clientId": "c1", "mqtt.qos": "0", "mqtt.caFile": "ca.pem",

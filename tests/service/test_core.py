@@ -189,3 +189,62 @@ def test_observers_see_verdicts_and_errors_and_a_submitted_frame_carries_its_fie
     assert by_id["cap-1"].source == "cam1"
     published = [p.payload for p in transport.published]
     assert by_id["cap-1"].payload in published, "the observer sees the payload as published"
+
+
+def test_a_configured_model_arn_is_in_every_verdict(make_package: PackageFactory) -> None:
+    # given a model configured with its LFV ARN
+    arn = "arn:aws:lookoutvision:us-east-1:123456789012:model/parts/7"
+    package = make_package(PackageSpec())
+    inspector = load_inspector(
+        ModelConfig(path=package, device="cpu", lookout_vision_model_arn=arn), serving=False
+    )
+    transport = MemoryTransport(stats_topic=None)
+    service = Service(inspector, [transport], stats_interval_s=0)
+    service.start()
+    try:
+        # when a request is answered
+        transport.deliver(_frame_request("arn-1", 0.9, 64))
+        (reply,) = [json.loads(p.payload) for p in transport.wait_for(1)]
+    finally:
+        service.stop(10)
+    # then the reply names it beside the package's name and version
+    assert reply["Model"]["Arn"] == arn
+    assert reply["Score"] > 0.5
+    assert reply["Threshold"] == 0.5, "Score and Threshold, as the agent's fields 5 and 6"
+
+
+def test_a_stop_out_of_time_leaves_redeliverable_requests_and_answers_the_others_busy(
+    make_package: PackageFactory,
+) -> None:
+    # given a held model and 40 waiting requests: half the broker would deliver again
+    from tests.gated import GatedRunner
+
+    base = _load(make_package(PackageSpec()))
+    gated = GatedRunner(base.runner)
+    inspector = Inspector(base.package, gated, device=base.device)
+    transport = MemoryTransport(stats_topic=None)
+    service = Service(inspector, [transport], queue_size=2, stats_interval_s=0,
+                      waiting_max_bytes=1 << 20)  # fmt: skip
+    service.start()
+    for i in range(40):
+        redelivered = i % 2 == 0
+        transport.deliver(_frame_request(f"s{i}", 0.9, 64), can_wait=True,
+                          redelivered_if_unanswered=redelivered)  # fmt: skip
+    assert gated.entered.acquire(timeout=30), "the first request reached the model"
+    # when the service must stop in 2 s and the model is released only after the last call
+    threading.Timer(1.6, gated.gate.set).start()
+    drained = service.stop(2.0)
+    # then nothing waiting was started after the last call: redeliverable requests were left
+    # unanswered (not acknowledged), the others answered Busy; what was in flight finished
+    replies = {
+        json.loads(p.payload)["RequestId"]: json.loads(p.payload) for p in transport.published
+    }
+    busy = sorted(k for k, r in replies.items() if r.get("Error", {}).get("Code") == "Busy")
+    verdicts = sorted(k for k, r in replies.items() if "DetectAnomalyResult" in r)
+    left = {f"s{i}" for i in range(40)} - set(replies)
+    assert drained, "the workers finished in time"
+    assert all(int(k[1:]) % 2 == 1 for k in busy), f"only non-redeliverable ones are Busy: {busy}"
+    assert all(int(k[1:]) % 2 == 0 for k in left), f"only redeliverable ones are left: {left}"
+    assert service.unanswered_at_stop == len(left)
+    assert len(busy) + len(left) + len(verdicts) == 40, "none answered twice, none lost silently"
+    assert len(verdicts) <= 6, f"at most what was in flight got a verdict: {verdicts}"

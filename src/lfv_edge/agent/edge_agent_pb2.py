@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flfv_edge/agent/edge-agent.proto\x12\x11\x41WS.LookoutVision\"@\n\x12SharedMemoryHandle\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"\x8b\x01\n\x06\x42itmap\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\x13\n\tbyte_data\x18\x03 \x01(\x0cH\x00\x12\x45\n\x14shared_memory_handle\x18\x04 \x01(\x0b\x32%.AWS.LookoutVision.SharedMemoryHandleH\x00\x42\x06\n\x04\x64\x61ta\"\xa4\x01\n\x11\x41nomalyMaskParams\x12\x43\n\x14shared_memory_handle\x18\x02 \x01(\x0b\x32%.AWS.LookoutVision.SharedMemoryHandle\x12J\n\x1bshared_memory_handle_field3\x18\x03 \x01(\x0b\x32%.AWS.LookoutVision.SharedMemoryHandle\"\x9f\x01\n\x16\x44\x65tectAnomaliesRequest\x12\x17\n\x0fmodel_component\x18\x01 \x01(\t\x12)\n\x06\x62itmap\x18\x02 \x01(\x0b\x32\x19.AWS.LookoutVision.Bitmap\x12\x41\n\x13\x61nomaly_mask_params\x18\x03 \x01(\x0b\x32$.AWS.LookoutVision.AnomalyMaskParams\"@\n\x0cPixelAnomaly\x12\x1d\n\x15total_percentage_area\x18\x01 \x01(\x02\x12\x11\n\thex_color\x18\x02 \x01(\t\"O\n\x07\x41nomaly\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\rpixel_anomaly\x18\x02 \x01(\x0b\x32\x1f.AWS.LookoutVision.PixelAnomaly\"\x9f\x01\n\x13\x44\x65tectAnomalyResult\x12\x14\n\x0cis_anomalous\x18\x01 \x01(\x08\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12/\n\x0c\x61nomaly_mask\x18\x03 \x01(\x0b\x32\x19.AWS.LookoutVision.Bitmap\x12-\n\tanomalies\x18\x04 \x03(\x0b\x32\x1a.AWS.LookoutVision.Anomaly\"`\n\x17\x44\x65tectAnomaliesResponse\x12\x45\n\x15\x64\x65tect_anomaly_result\x18\x01 \x01(\x0b\x32&.AWS.LookoutVision.DetectAnomalyResult\"\x95\x01\n\x10ModelDescription\x12\x17\n\x0fmodel_component\x18\x01 \x01(\t\x12 \n\x18lookout_vision_model_arn\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.AWS.LookoutVision.ModelStatus\x12\x16\n\x0estatus_message\x18\x04 \x01(\t\"\x92\x01\n\rModelMetadata\x12\x17\n\x0fmodel_component\x18\x01 \x01(\t\x12 \n\x18lookout_vision_model_arn\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.AWS.LookoutVision.ModelStatus\x12\x16\n\x0estatus_message\x18\x04 \x01(\t\",\n\x11StartModelRequest\x12\x17\n\x0fmodel_component\x18\x01 \x01(\t\"D\n\x12StartModelResponse\x12.\n\x06status\x18\x01 \x01(\x0e\x32\x1e.AWS.LookoutVision.ModelStatus\"+\n\x10StopModelRequest\x12\x17\n\x0fmodel_component\x18\x01 \x01(\t\"C\n\x11StopModelResponse\x12.\n\x06status\x18\x01 \x01(\x0e\x32\x1e.AWS.LookoutVision.ModelStatus\"\x13\n\x11ListModelsRequest\"F\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .AWS.LookoutVision.ModelMetadata\"/\n\x14\x44\x65scribeModelRequest\x12\x17\n\x0fmodel_component\x18\x01 \x01(\t\"W\n\x15\x44\x65scribeModelResponse\x12>\n\x11model_description\x18\x01 \x01(\x0b\x32#.AWS.LookoutVision.ModelDescription*O\n\x0bModelStatus\x12\x0b\n\x07STOPPED\x10\x00\x12\x0c\n\x08STARTING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\x0c\n\x08STOPPING\x10\x04\x32\xe7\x03\n\tEdgeAgent\x12h\n\x0f\x44\x65tectAnomalies\x12).AWS.LookoutVision.DetectAnomaliesRequest\x1a*.AWS.LookoutVision.DetectAnomaliesResponse\x12Y\n\nStartModel\x12$.AWS.LookoutVision.StartModelRequest\x1a%.AWS.LookoutVision.StartModelResponse\x12V\n\tStopModel\x12#.AWS.LookoutVision.StopModelRequest\x1a$.AWS.LookoutVision.StopModelResponse\x12Y\n\nListModels\x12$.AWS.LookoutVision.ListModelsRequest\x1a%.AWS.LookoutVision.ListModelsResponse\x12\x62\n\rDescribeModel\x12\'.AWS.LookoutVision.DescribeModelRequest\x1a(.AWS.LookoutVision.DescribeModelResponseB\x1d\n\x1b\x63om.amazonaws.lookoutvisionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flfv_edge/agent/edge-agent.proto\x12\x11\x41WS.LookoutVision\"@\n\x12SharedMemoryHandle\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"\x8b\x01\n\x06\x42itmap\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\x13\n\tbyte_data\x18\x03 \x01(\x0cH\x00\x12\x45\n\x14shared_memory_handle\x18\x04 \x01(\x0b\x32%.AWS.LookoutVision.SharedMemoryHandleH\x00\x42\x06\n\x04\x64\x61ta\"\xa4\x01\n\x11\x41nomalyMaskParams\x12\x43\n\x14shared_memory_handle\x18\x02 \x01(\x0b\x32%.AWS.LookoutVision.SharedMemoryHandle\x12J\n\x1bshared_memory_handle_field3\x18\x03 \x01(\x0b\x32%.AWS.LookoutVision.SharedMemoryHandle\"\x9f\x01\n\x16\x44\x65tectAnomaliesRequest\x12\x17\n\x0fmodel_component\x18\x01 \x01(\t\x12)\n\x06\x62itmap\x18\x02 \x01(\x0b\x32\x19.AWS.LookoutVision.Bitmap\x12\x41\n\x13\x61nomaly_mask_params\x18\x03 \x01(\x0b\x32$.AWS.LookoutVision.AnomalyMaskParams\"@\n\x0cPixelAnomaly\x12\x1d\n\x15total_percentage_area\x18\x01 \x01(\x02\x12\x11\n\thex_color\x18\x02 \x01(\t\"O\n\x07\x41nomaly\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\rpixel_anomaly\x18\x02 \x01(\x0b\x32\x1f.AWS.LookoutVision.PixelAnomaly\"\xd1\x01\n\x13\x44\x65tectAnomalyResult\x12\x14\n\x0cis_anomalous\x18\x01 \x01(\x08\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12/\n\x0c\x61nomaly_mask\x18\x03 \x01(\x0b\x32\x19.AWS.LookoutVision.Bitmap\x12-\n\tanomalies\x18\x04 \x03(\x0b\x32\x1a.AWS.LookoutVision.Anomaly\x12\x15\n\ranomaly_score\x18\x05 \x01(\x02\x12\x19\n\x11\x61nomaly_threshold\x18\x06 \x01(\x02\"`\n\x17\x44\x65tectAnomaliesResponse\x12\x45\n\x15\x64\x65tect_anomaly_result\x18\x01 \x01(\x0b\x32&.AWS.LookoutVision.DetectAnomalyResult\"\x95\x01\n\x10ModelDescription\x12\x17\n\x0fmodel_component\x18\x01 \x01(\t\x12 \n\x18lookout_vision_model_arn\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.AWS.LookoutVision.ModelStatus\x12\x16\n\x0estatus_message\x18\x04 \x01(\t\"\x92\x01\n\rModelMetadata\x12\x17\n\x0fmodel_component\x18\x01 \x01(\t\x12 \n\x18lookout_vision_model_arn\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.AWS.LookoutVision.ModelStatus\x12\x16\n\x0estatus_message\x18\x04 \x01(\t\",\n\x11StartModelRequest\x12\x17\n\x0fmodel_component\x18\x01 \x01(\t\"D\n\x12StartModelResponse\x12.\n\x06status\x18\x01 \x01(\x0e\x32\x1e.AWS.LookoutVision.ModelStatus\"+\n\x10StopModelRequest\x12\x17\n\x0fmodel_component\x18\x01 \x01(\t\"C\n\x11StopModelResponse\x12.\n\x06status\x18\x01 \x01(\x0e\x32\x1e.AWS.LookoutVision.ModelStatus\"\x13\n\x11ListModelsRequest\"F\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .AWS.LookoutVision.ModelMetadata\"/\n\x14\x44\x65scribeModelRequest\x12\x17\n\x0fmodel_component\x18\x01 \x01(\t\"W\n\x15\x44\x65scribeModelResponse\x12>\n\x11model_description\x18\x01 \x01(\x0b\x32#.AWS.LookoutVision.ModelDescription*O\n\x0bModelStatus\x12\x0b\n\x07STOPPED\x10\x00\x12\x0c\n\x08STARTING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\x0c\n\x08STOPPING\x10\x04\x32\xe7\x03\n\tEdgeAgent\x12h\n\x0f\x44\x65tectAnomalies\x12).AWS.LookoutVision.DetectAnomaliesRequest\x1a*.AWS.LookoutVision.DetectAnomaliesResponse\x12Y\n\nStartModel\x12$.AWS.LookoutVision.StartModelRequest\x1a%.AWS.LookoutVision.StartModelResponse\x12V\n\tStopModel\x12#.AWS.LookoutVision.StopModelRequest\x1a$.AWS.LookoutVision.StopModelResponse\x12Y\n\nListModels\x12$.AWS.LookoutVision.ListModelsRequest\x1a%.AWS.LookoutVision.ListModelsResponse\x12\x62\n\rDescribeModel\x12\'.AWS.LookoutVision.DescribeModelRequest\x1a(.AWS.LookoutVision.DescribeModelResponseB\x1d\n\x1b\x63om.amazonaws.lookoutvisionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,8 +32,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lfv_edge.agent.edge_agent_p
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\033com.amazonaws.lookoutvision'
-  _globals['_MODELSTATUS']._serialized_start=1760
-  _globals['_MODELSTATUS']._serialized_end=1839
+  _globals['_MODELSTATUS']._serialized_start=1810
+  _globals['_MODELSTATUS']._serialized_end=1889
   _globals['_SHAREDMEMORYHANDLE']._serialized_start=54
   _globals['_SHAREDMEMORYHANDLE']._serialized_end=118
   _globals['_BITMAP']._serialized_start=121
@@ -47,29 +47,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANOMALY']._serialized_start=657
   _globals['_ANOMALY']._serialized_end=736
   _globals['_DETECTANOMALYRESULT']._serialized_start=739
-  _globals['_DETECTANOMALYRESULT']._serialized_end=898
-  _globals['_DETECTANOMALIESRESPONSE']._serialized_start=900
-  _globals['_DETECTANOMALIESRESPONSE']._serialized_end=996
-  _globals['_MODELDESCRIPTION']._serialized_start=999
-  _globals['_MODELDESCRIPTION']._serialized_end=1148
-  _globals['_MODELMETADATA']._serialized_start=1151
-  _globals['_MODELMETADATA']._serialized_end=1297
-  _globals['_STARTMODELREQUEST']._serialized_start=1299
-  _globals['_STARTMODELREQUEST']._serialized_end=1343
-  _globals['_STARTMODELRESPONSE']._serialized_start=1345
-  _globals['_STARTMODELRESPONSE']._serialized_end=1413
-  _globals['_STOPMODELREQUEST']._serialized_start=1415
-  _globals['_STOPMODELREQUEST']._serialized_end=1458
-  _globals['_STOPMODELRESPONSE']._serialized_start=1460
-  _globals['_STOPMODELRESPONSE']._serialized_end=1527
-  _globals['_LISTMODELSREQUEST']._serialized_start=1529
-  _globals['_LISTMODELSREQUEST']._serialized_end=1548
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1550
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1620
-  _globals['_DESCRIBEMODELREQUEST']._serialized_start=1622
-  _globals['_DESCRIBEMODELREQUEST']._serialized_end=1669
-  _globals['_DESCRIBEMODELRESPONSE']._serialized_start=1671
-  _globals['_DESCRIBEMODELRESPONSE']._serialized_end=1758
-  _globals['_EDGEAGENT']._serialized_start=1842
-  _globals['_EDGEAGENT']._serialized_end=2329
+  _globals['_DETECTANOMALYRESULT']._serialized_end=948
+  _globals['_DETECTANOMALIESRESPONSE']._serialized_start=950
+  _globals['_DETECTANOMALIESRESPONSE']._serialized_end=1046
+  _globals['_MODELDESCRIPTION']._serialized_start=1049
+  _globals['_MODELDESCRIPTION']._serialized_end=1198
+  _globals['_MODELMETADATA']._serialized_start=1201
+  _globals['_MODELMETADATA']._serialized_end=1347
+  _globals['_STARTMODELREQUEST']._serialized_start=1349
+  _globals['_STARTMODELREQUEST']._serialized_end=1393
+  _globals['_STARTMODELRESPONSE']._serialized_start=1395
+  _globals['_STARTMODELRESPONSE']._serialized_end=1463
+  _globals['_STOPMODELREQUEST']._serialized_start=1465
+  _globals['_STOPMODELREQUEST']._serialized_end=1508
+  _globals['_STOPMODELRESPONSE']._serialized_start=1510
+  _globals['_STOPMODELRESPONSE']._serialized_end=1577
+  _globals['_LISTMODELSREQUEST']._serialized_start=1579
+  _globals['_LISTMODELSREQUEST']._serialized_end=1598
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1600
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1670
+  _globals['_DESCRIBEMODELREQUEST']._serialized_start=1672
+  _globals['_DESCRIBEMODELREQUEST']._serialized_end=1719
+  _globals['_DESCRIBEMODELRESPONSE']._serialized_start=1721
+  _globals['_DESCRIBEMODELRESPONSE']._serialized_end=1808
+  _globals['_EDGEAGENT']._serialized_start=1892
+  _globals['_EDGEAGENT']._serialized_end=2379
 # @@protoc_insertion_point(module_scope)

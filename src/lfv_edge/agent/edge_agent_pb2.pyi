@@ -77,16 +77,20 @@ class Anomaly(_message.Message):
     def __init__(self, name: _Optional[str] = ..., pixel_anomaly: _Optional[_Union[PixelAnomaly, _Mapping]] = ...) -> None: ...
 
 class DetectAnomalyResult(_message.Message):
-    __slots__ = ("is_anomalous", "confidence", "anomaly_mask", "anomalies")
+    __slots__ = ("is_anomalous", "confidence", "anomaly_mask", "anomalies", "anomaly_score", "anomaly_threshold")
     IS_ANOMALOUS_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     ANOMALY_MASK_FIELD_NUMBER: _ClassVar[int]
     ANOMALIES_FIELD_NUMBER: _ClassVar[int]
+    ANOMALY_SCORE_FIELD_NUMBER: _ClassVar[int]
+    ANOMALY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     is_anomalous: bool
     confidence: float
     anomaly_mask: Bitmap
     anomalies: _containers.RepeatedCompositeFieldContainer[Anomaly]
-    def __init__(self, is_anomalous: _Optional[bool] = ..., confidence: _Optional[float] = ..., anomaly_mask: _Optional[_Union[Bitmap, _Mapping]] = ..., anomalies: _Optional[_Iterable[_Union[Anomaly, _Mapping]]] = ...) -> None: ...
+    anomaly_score: float
+    anomaly_threshold: float
+    def __init__(self, is_anomalous: _Optional[bool] = ..., confidence: _Optional[float] = ..., anomaly_mask: _Optional[_Union[Bitmap, _Mapping]] = ..., anomalies: _Optional[_Iterable[_Union[Anomaly, _Mapping]]] = ..., anomaly_score: _Optional[float] = ..., anomaly_threshold: _Optional[float] = ...) -> None: ...
 
 class DetectAnomaliesResponse(_message.Message):
     __slots__ = ("detect_anomaly_result",)

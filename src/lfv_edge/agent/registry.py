@@ -75,7 +75,7 @@ class ModelInfo:
     status: ModelStatus
     status_message: str
     package: Path
-    arn: str = ""  # LFV's lookout_vision_model_arn: not in a package, so empty
+    arn: str = ""  # LFV's lookout_vision_model_arn, where configured (a package has none)
     package_name: str = ""  # from the package once loaded (kept after a stop)
     package_version: str = ""
 
@@ -92,9 +92,10 @@ class _Job:
 class _Model:
     """One configured model; every field is guarded by the registry's condition."""
 
-    def __init__(self, name: str, package: Path) -> None:
+    def __init__(self, name: str, package: Path, arn: str) -> None:
         self.name = name
         self.package = package
+        self.arn = arn
         self.status = ModelStatus.STOPPED
         self.message = ""
         self.inspector: Inspector | None = None
@@ -106,17 +107,29 @@ class _Model:
         self.identity = ("", "")  # package name and version, once loaded
 
     def info(self) -> ModelInfo:
-        return ModelInfo(self.name, self.status, self.message, self.package, "", *self.identity)
+        return ModelInfo(
+            self.name, self.status, self.message, self.package, self.arn, *self.identity
+        )
 
 
 class ModelRegistry:
     """The named models of one agent and their lifecycles."""
 
-    def __init__(self, models: Mapping[str, Path], *, loader: Loader, max_pending: int) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, Path],
+        *,
+        loader: Loader,
+        max_pending: int,
+        arns: Mapping[str, str] | None = None,
+    ) -> None:
         if max_pending < 1:
             msg = f"max_pending must be at least 1, got {max_pending}"
             raise ValueError(msg)
-        self._models = {name: _Model(name, Path(path)) for name, path in models.items()}
+        arns = arns or {}
+        self._models = {
+            name: _Model(name, Path(path), arns.get(name, "")) for name, path in models.items()
+        }
         self._loader = loader
         self._max_pending = max_pending
         self._changed = threading.Condition()

@@ -260,7 +260,10 @@ class EdgeAgentServicer:
         del pixels  # unmaps a shared memory image now rather than at the end of the call
         verdict = inspection.verdict
         result = pb2.DetectAnomalyResult(
-            is_anomalous=verdict.is_anomalous, confidence=verdict.confidence
+            is_anomalous=verdict.is_anomalous,
+            confidence=verdict.confidence,
+            anomaly_score=verdict.score,
+            anomaly_threshold=verdict.threshold,
         )
         mask_output: MaskOutput = "none"
         rgb = verdict.mask_rgb()
@@ -402,7 +405,10 @@ class AgentServer:
     ) -> AgentServer:
         """An agent for the `agent` configuration section with the given model loader."""
         registry = ModelRegistry(
-            config.models, loader=loader, max_pending=config.max_pending_per_model
+            {name: model.path for name, model in config.models.items()},
+            loader=loader,
+            max_pending=config.max_pending_per_model,
+            arns={name: model.lookout_vision_model_arn for name, model in config.models.items()},
         )
         return cls(
             registry,

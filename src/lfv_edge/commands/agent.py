@@ -21,6 +21,7 @@ from lfv_edge.errors import ConfigError
 from lfv_edge.service.config import (
     DEFAULT_AGENT_SOCKET,
     AgentConfig,
+    AgentModelConfig,
     ServiceConfig,
     add_config_flags,
     merge_config,
@@ -73,14 +74,14 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
     parser.set_defaults(handler=run_agent)
 
 
-def _parse_models(values: list[str]) -> dict[str, Path]:
-    models: dict[str, Path] = {}
+def _parse_models(values: list[str]) -> dict[str, AgentModelConfig]:
+    models: dict[str, AgentModelConfig] = {}
     for value in values:
         name, sep, package = value.partition("=")
         if not sep or not name or not package:
             msg = f"--model {value!r}: expected NAME=PACKAGE"
             raise ConfigError(msg)
-        models[name] = Path(package).expanduser()
+        models[name] = AgentModelConfig(path=Path(package).expanduser())
     return models
 
 

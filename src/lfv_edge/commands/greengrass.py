@@ -22,8 +22,9 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--drain-timeout",
         type=float,
-        default=DRAIN_TIMEOUT_S,
-        help=f"seconds to answer what was received after SIGTERM (default {DRAIN_TIMEOUT_S})",
+        default=None,
+        help="seconds to answer what was received after SIGTERM (default: the configuration's "
+        f"stopTimeoutS, else {DRAIN_TIMEOUT_S:g}; the nucleus kills the process 5 s after SIGTERM)",
     )
     parser.add_argument(
         "--debounce",

@@ -30,8 +30,6 @@ from lfv_edge.service.config import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STOP_TIMEOUT_S = 30.0  # Greengrass waits (timeout in the recipe) before SIGKILL
-
 
 def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
     """Add `serve` to the `lfv-edge` sub-commands."""
@@ -43,13 +41,6 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
         "(flags win); each flag names its configuration key. See docs/mqtt.md.",
     )
     parser.add_argument("--config", metavar="FILE", help="JSON configuration file")
-    parser.add_argument(
-        "--stop-timeout",
-        type=float,
-        default=DEFAULT_STOP_TIMEOUT_S,
-        metavar="S",
-        help=f"on SIGTERM, time to finish and publish (default {DEFAULT_STOP_TIMEOUT_S:g})",
-    )
     add_config_flags(parser)
     parser.set_defaults(handler=run_serve)
 
@@ -143,16 +134,16 @@ def run_serve(args: argparse.Namespace) -> int:
         try:
             start_companions(companions)
         except BaseException:
-            service.stop(args.stop_timeout)
+            service.stop(config.stop_timeout_s)
             raise
         stop.wait()
-        stop_companions(companions, args.stop_timeout)
-        drained = service.stop(args.stop_timeout)
+        stop_companions(companions, config.stop_timeout_s / 4)
+        drained = service.stop(config.stop_timeout_s)
     if service.fatal_reason is not None:
         exit_now(1, f"lfv-edge: {service.fatal_reason}")
     if not drained:
         exit_now(
             1,
-            f"lfv-edge serve: requests still in flight after --stop-timeout {args.stop_timeout:g} s",
+            f"lfv-edge serve: requests still in flight after stopTimeoutS {config.stop_timeout_s:g} s",
         )
     exit_now(0)

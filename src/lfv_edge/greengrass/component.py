@@ -44,10 +44,13 @@ DEBOUNCE_S = 1.0  # the nucleus sends one event per changed leaf: wait for the b
 _MAX_DEBOUNCE_S = 5.0  # … but apply a never-ending trickle of changes at least this often
 # Short: the nucleus force-kills a component that does not stop in time (15 s is the default
 # timeout of lifecycle steps such as Shutdown).
-DRAIN_TIMEOUT_S = 10.0
+# What the component gives itself to stop when its configuration does not say (stopTimeoutS):
+# the nucleus sends SIGKILL 5 s after SIGTERM (fixed: aws-greengrass-nucleus util/Exec.java,
+# gracefulShutdownTimeout), and the process still has to exit after draining.
+DRAIN_TIMEOUT_S = 4.0
 
 
-def run_component(*, debounce_s: float, drain_timeout_s: float) -> NoReturn:
+def run_component(*, debounce_s: float, drain_timeout_s: float | None) -> NoReturn:
     """The component's Run step: serve until SIGTERM or a fatal error, then exit the process."""
     from lfv_edge.service.process import exit_now, install_logging, on_stop_signals
     from lfv_edge.transports.ipc import IpcComponentConfig, IpcConnection
@@ -84,7 +87,7 @@ class GreengrassComponent:
         environ: Mapping[str, str] = os.environ,
         *,
         debounce_s: float = DEBOUNCE_S,
-        drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        drain_timeout_s: float | None = None,  # None: the configuration's stopTimeoutS
     ) -> None:
         self._connection = connection
         self._component_config = component_config
@@ -171,9 +174,16 @@ class GreengrassComponent:
         from lfv_edge.host import stop_companions
 
         self._started.wait()  # set by start(), whether it succeeded or not
-        stop_companions(self._companions, self._drain_timeout_s)
+        budget = self._stop_budget_s()
+        started = time.monotonic()
+        stop_companions(self._companions, budget / 4)
         if self._service is not None:
-            self._service.stop(self._drain_timeout_s)
+            self._service.stop(max(budget - (time.monotonic() - started), 0.5))
+
+    def _stop_budget_s(self) -> float:
+        if self._drain_timeout_s is not None:
+            return self._drain_timeout_s
+        return self._config.stop_timeout_s if self._config is not None else DRAIN_TIMEOUT_S
 
     def wait(self) -> int:
         """Block until the service stopped; EXIT_FATAL if a transport failure stopped it."""
@@ -191,7 +201,7 @@ class GreengrassComponent:
         self._stopping.set()
         self._events.put(_STOP)
         if self._applier is not None:
-            self._applier.join(self._drain_timeout_s)
+            self._applier.join(self._stop_budget_s())
         self._component_config.stop()
 
     # --- configuration updates -------------------------------------------------------------------
@@ -301,8 +311,18 @@ class GreengrassComponent:
             model.path == old_model.path
             and model.device == old_model.device
             and (
-                (model.threshold_override, dict(model.colors), new.limits)
-                != (old_model.threshold_override, dict(old_model.colors), old.limits)
+                (
+                    model.threshold_override,
+                    dict(model.colors),
+                    model.lookout_vision_model_arn,
+                    new.limits,
+                )
+                != (
+                    old_model.threshold_override,
+                    dict(old_model.colors),
+                    old_model.lookout_vision_model_arn,
+                    old.limits,
+                )
             )
         ):
             # Same model: a new Inspector around the same runner is instant.

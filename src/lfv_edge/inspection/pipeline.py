@@ -118,6 +118,7 @@ class Inspector:
     ) -> None:
         self.package = package
         self.runner = runner
+        self.model_arn = ""  # LFV's model ARN where configured (reported with each verdict)
         self.device = device
         self.limits = limits
         self.preprocessor = Preprocessor(package.manifest.stage)

@@ -174,6 +174,22 @@ class QueueConfig:
         "prepareWorkers", to_int(1, 64), default=1, flag="--prepare-workers",
         doc="threads decoding and pre-processing in parallel (a GPU model outruns one)",
     )  # fmt: skip
+    waiting_max_bytes: int = key(
+        "waitingMaxBytes", to_int(0, 1 << 40), default=512 << 20, default_doc="512 MiB",
+        flag="--waiting-max-bytes",
+        doc="payload bytes of requests that can wait (MQTT QoS ≥ 1, IoT Core) held in memory "
+        "beyond `size` instead of answering `Busy`",
+    )  # fmt: skip
+    spill_dir: Path | None = key(
+        "spillDir", to_path, default=None, default_doc="`waiting/` in the cache folder",
+        flag="--spill-dir", metavar="DIR",
+        doc="where waiting requests go when `waitingMaxBytes` is full",
+    )  # fmt: skip
+    spill_max_bytes: int = key(
+        "spillMaxBytes", to_int(0, 1 << 50), default=4 << 30, default_doc="4 GiB",
+        flag="--spill-max-bytes",
+        doc="disk budget of the spill folder (0: never spill; 512 MiB of the disk stay free)",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,9 +366,28 @@ def _socket_mode(value: object, where: str) -> int:
         return _fail(where, f"expected an octal mode like 0660, got {show(text)}")  # type: ignore[no-any-return]
 
 
-def _model_paths(value: object, where: str) -> Mapping[str, Path]:
+@dataclass(frozen=True, slots=True)
+class AgentModelConfig:
+    """One model component of the agent: its package and, where known, its LFV ARN."""
+
+    path: Path = key("path", to_path, required=True, doc="package zip or folder")
+    lookout_vision_model_arn: str = key(
+        "lookoutVisionModelArn", to_text, default="", default_doc="empty",
+        doc="reported by DescribeModel and ListModels",
+    )  # fmt: skip
+
+
+def _agent_models(value: object, where: str) -> Mapping[str, AgentModelConfig]:
+    """name → package path, or name → {path, lookoutVisionModelArn}."""
     mapping = require_mapping(value, where)
-    return {name: to_path(path, join(where, name)) for name, path in mapping.items()}
+    models: dict[str, AgentModelConfig] = {}
+    for name, entry in mapping.items():
+        path = join(where, name)
+        if isinstance(entry, Mapping):
+            models[name] = parse_section(AgentModelConfig, entry, path)
+        else:
+            models[name] = AgentModelConfig(path=to_path(entry, path))
+    return models
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,9 +402,9 @@ class AgentConfig:
         "socketMode", _socket_mode, default=0o660, default_doc="`0660`",
         doc="permissions of the socket file (group access for `ggc_group`)",
     )  # fmt: skip
-    models: Mapping[str, Path] = key(
-        "models", _model_paths, default_factory=dict, default_doc="none",
-        doc="model component name → package zip or folder",
+    models: Mapping[str, AgentModelConfig] = key(
+        "models", _agent_models, default_factory=dict, default_doc="none",
+        doc="model component name → package path, or → `{path, lookoutVisionModelArn}`",
     )  # fmt: skip
     start_models: tuple[str, ...] = key(
         "startModels", to_names, default=(), default_doc="none",
@@ -499,6 +534,12 @@ class ServiceConfig:
     results: ResultsConfig = key(
         "results", to_section(ResultsConfig), default=ResultsConfig(), doc="reply contents"
     )
+    stop_timeout_s: float = key(
+        "stopTimeoutS", to_number(0.5, 3600.0), default=30.0, flag="--stop-timeout",
+        metavar="S",
+        doc="on SIGTERM, time to answer what was received (the Greengrass nucleus kills a "
+        "component 5 s after SIGTERM: its recipe sets 4)",
+    )  # fmt: skip
     stats_interval_s: float = key(
         "statsIntervalS", to_number(0.0), default=60.0, flag="--stats-interval", metavar="S",
         doc="period of stats snapshots (0 = off)",
@@ -655,6 +696,7 @@ def reference_table() -> str:
 __all__ = [
     "DEFAULT_AGENT_SOCKET",
     "AgentConfig",
+    "AgentModelConfig",
     "Device",
     "HttpConfig",
     "IpcConfig",

@@ -37,6 +37,7 @@ from numpy.typing import NDArray
 from lfv_edge.errors import InputError, LfvEdgeError, TransportError
 from lfv_edge.inspection.pipeline import Inspection, Inspector, Prepared
 from lfv_edge.service.config import OverflowPolicy
+from lfv_edge.service.inbox import Inbox, SpillFolder
 from lfv_edge.service.messages import (
     BUSY,
     INFERENCE_FAILED,
@@ -131,6 +132,8 @@ class Service:
         stats: Stats | None = None,
         stats_interval_s: float = 60.0,
         observers: Sequence[InspectionObserver] = (),
+        waiting_max_bytes: int = 0,
+        spill: SpillFolder | None = None,
     ) -> None:
         if prepare_workers < 1:
             msg = f"prepare_workers must be at least 1, got {prepare_workers}"
@@ -141,7 +144,8 @@ class Service:
         self.settings = settings or ServiceSettings()
         self.stats = stats or Stats()
         self._stats_interval_s = stats_interval_s
-        self._inbox: queue.Queue[IncomingMessage | None] = queue.Queue(maxsize=queue_size)
+        self._inbox = Inbox(queue_size, waiting_max_bytes=waiting_max_bytes, spill=spill)
+        self.unanswered_at_stop = 0  # left to the broker's redelivery by a stop out of time
         self._ready: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
         self._finish: queue.Queue[_Job | None] = queue.Queue(maxsize=_FINISH_QUEUE_SIZE)
         self._busy_log = RateLimitedLog()
@@ -176,25 +180,38 @@ class Service:
                     self._prepare_workers)  # fmt: skip
 
     def stop(self, timeout_s: float = 30.0) -> bool:
-        """Stop receiving, answer everything already received, close the transports.
+        """Stop receiving, answer what can be answered within `timeout_s`, close the transports.
 
-        Returns True when every worker finished within `timeout_s`.
+        Requests still waiting when a quarter of the time (at most 2 s) is left are not
+        started: one the broker will deliver again (MQTT QoS ≥ 1, not yet acknowledged) is
+        left to that; any other is answered `Busy`. Returns True when every worker finished
+        within `timeout_s`.
         """
         if self._stopping.is_set():
             return self._stopped.wait(timeout_s)
         self._stopping.set()
-        deadline = time.monotonic() + timeout_s
+        start = time.monotonic()
+        deadline = start + timeout_s
         for transport in self._transports:
             try:
                 transport.stop_receiving()
             except LfvEdgeError as exc:
                 logger.warning("%s: unsubscribe failed: %s", transport.name, exc)
-        try:
-            self._inbox.put(None, timeout=max(deadline - time.monotonic(), 0.1))
-        except queue.Full:
-            logger.error(
-                "the inbox did not drain in time; %d messages unanswered", self._inbox.qsize()
-            )
+        self._inbox.close()
+        last_call = deadline - min(timeout_s / 4, 2.0)  # what runs then still has to finish
+        preparing = self._threads[: self._prepare_workers]
+        for thread in preparing:
+            thread.join(max(last_call - time.monotonic(), 0.0))
+        left = self._inbox.take_all()
+        for message in left:
+            if message.redelivered_if_unanswered:
+                self.unanswered_at_stop += 1
+            else:
+                self._reply_error(_Job(message), BUSY, "the service is shutting down")
+        if left:
+            logger.warning("stopping: %d waiting requests not started (%d left to the broker's "
+                           "redelivery, %d answered Busy)", len(left), self.unanswered_at_stop,
+                           len(left) - self.unanswered_at_stop)  # fmt: skip
         drained = True
         for thread in self._threads:  # prepare ×N, model, finish: each forwards the sentinel
             thread.join(max(deadline - time.monotonic(), 0.0))
@@ -206,7 +223,8 @@ class Service:
                 logger.warning("%s: close failed: %s", transport.name, exc)
         # Logged before `_stopped` is set: a waiter (serve's main thread) prints its own last
         # line as soon as it is, and must not be followed by this one.
-        logger.info("stopped; %s", self.stats.snapshot(QueueDepth=self._inbox.qsize()))
+        logger.info("stopped in %.1f s; %s", time.monotonic() - start,
+                    self.stats.snapshot(QueueDepth=len(self._inbox)))  # fmt: skip
         self._stopped.set()
         return drained
 
@@ -282,13 +300,15 @@ class Service:
     def update_settings(self, settings: ServiceSettings, queue_size: int | None = None) -> None:
         """Apply new settings from the next message on."""
         self.settings = settings
-        if queue_size is not None and queue_size != self._inbox.maxsize:
-            with self._inbox.mutex:  # Queue has no public resize; maxsize is read under this lock
-                self._inbox.maxsize = queue_size
-                self._inbox.not_full.notify_all()
+        if queue_size is not None:
+            self._inbox.resize(queue_size)
 
     def queue_depth(self) -> int:
-        return self._inbox.qsize()
+        return len(self._inbox)
+
+    def waiting_bytes(self) -> tuple[int, int]:
+        """Payload bytes of waiting requests beyond the queue: (in memory, spilled to disk)."""
+        return self._inbox.memory_bytes, self._inbox.spilled_bytes
 
     def queue_capacity(self) -> int:
         """The request queue's size now (configuration updates may change it)."""
@@ -302,27 +322,15 @@ class Service:
         if self._stopping.is_set():
             self._reply_error(_Job(message), BUSY, "the service is shutting down")
             return
-        try:
-            self._inbox.put_nowait(message)
+        refused = self._inbox.offer(message, self.settings.overflow)
+        if refused is None:
             return
-        except queue.Full:
-            pass
-        refused = message
-        if self.settings.overflow is OverflowPolicy.DROP_OLDEST:
-            try:
-                oldest = self._inbox.get_nowait()
-                self._inbox.put_nowait(message)
-            except (queue.Empty, queue.Full):
-                oldest = message
-            if oldest is None:  # the stop sentinel: put it back, refuse the newcomer
-                self._inbox.put(None)
-            else:
-                refused = oldest
         suppressed = self._busy_log.ready()
         if suppressed is not None:
-            logger.warning("queue full (%d): answering Busy (%s); %d more since the last warning",
-                           self._inbox.maxsize, self.settings.overflow.value, suppressed)  # fmt: skip
-        self._reply_error(_Job(refused), BUSY, f"the request queue is full ({self._inbox.maxsize})")
+            logger.warning("queue full (%d and the waiting budget): answering Busy (%s); %d more "
+                           "since the last warning", self._inbox.size,
+                           self.settings.overflow.value, suppressed)  # fmt: skip
+        self._reply_error(_Job(refused), BUSY, f"the request queue is full ({self._inbox.size})")
 
     # --- workers -----------------------------------------------------------------------
 
@@ -390,14 +398,12 @@ class Service:
             self._ready.put(job)
 
     def _end_prepare_worker(self) -> None:
-        """A prepare worker took the stop sentinel: pass it on; the last one stops the model."""
+        """The inbox is closed and empty: the last prepare worker to see it stops the model."""
         with self._preparing_lock:
             self._preparing -= 1
             last = self._preparing == 0
         if last:
             self._ready.put(None)
-        else:
-            self._inbox.put(None)  # for the next worker (what is still queued comes first)
 
     def _model_loop(self) -> None:
         while True:
@@ -436,8 +442,9 @@ class Service:
         inspection: Inspection | None = None
         identity = ModelIdentity("", "")
         if job.model is not None:
-            package = job.model.inspector.package
-            identity = ModelIdentity(package.name, package.version)
+            inspector = job.model.inspector
+            package = inspector.package
+            identity = ModelIdentity(package.name, package.version, inspector.model_arn)
         if (
             job.error is None
             and job.outputs is not None
@@ -535,7 +542,7 @@ class Service:
             return
         while not self._stopping.wait(self._stats_interval_s):
             snapshot = self.stats.snapshot(
-                QueueDepth=self._inbox.qsize(),
+                QueueDepth=len(self._inbox),
                 Model=self.inspector.package.name,
                 **self.settings.extra_reply_fields,
             )

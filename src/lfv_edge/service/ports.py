@@ -53,6 +53,12 @@ class IncomingMessage:
     request: Request | None = None  # already parsed (a producer in this process): no JSON
     reply_fields: Mapping[str, object] = field(default_factory=dict)  # extra top-level fields
     source: str = ""  # who produced it, for observers (a transport, or a capture source id)
+    # May wait beyond the queue's count, bounded by bytes, instead of being answered Busy: its
+    # sender keeps waiting for the answer (MQTT QoS ≥ 1, AWS IoT Core through Greengrass).
+    can_wait: bool = False
+    # Left unanswered (at a stop that runs out of time), the broker delivers it again later
+    # (MQTT QoS ≥ 1 in a persistent session, not yet acknowledged).
+    redelivered_if_unanswered: bool = False
 
 
 MessageHandler = Callable[[IncomingMessage], None]

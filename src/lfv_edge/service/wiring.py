@@ -26,10 +26,12 @@ from pathlib import Path
 from lfv_edge.inspection.imaging import SizeLimits
 from lfv_edge.inspection.pipeline import Inspector
 from lfv_edge.inspection.preprocess import set_opencv_threads
+from lfv_edge.model.archive import default_cache_dir
 from lfv_edge.model.package import read_model_package
 from lfv_edge.model.runner import usable_cpus
 from lfv_edge.service.config import Device, LimitsConfig, ModelConfig, ServiceConfig
 from lfv_edge.service.core import Service, ServiceSettings
+from lfv_edge.service.inbox import SpillFolder
 from lfv_edge.service.messages import environment_identity
 from lfv_edge.service.ports import Transport
 
@@ -95,6 +97,7 @@ def load_inspector(
         limits=size_limits(limits),
         probe=model.probe,
     )
+    inspector.model_arn = model.lookout_vision_model_arn
     logger.info("model %s %s loaded from %s", package.name, package.version, model.path)
     return inspector
 
@@ -126,7 +129,7 @@ def model_loader(
 
 def retune_inspector(current: Inspector, model: ModelConfig, limits: LimitsConfig) -> Inspector:
     """The same loaded model with another threshold, colours or limits (instant: no load)."""
-    return Inspector(
+    inspector = Inspector(
         current.package,
         current.runner,
         device=current.device,
@@ -134,6 +137,8 @@ def retune_inspector(current: Inspector, model: ModelConfig, limits: LimitsConfi
         threshold=model.threshold_override,
         limits=size_limits(limits),
     )
+    inspector.model_arn = model.lookout_vision_model_arn
+    return inspector
 
 
 def service_settings(
@@ -156,6 +161,10 @@ def build_service(
     environ: Mapping[str, str] = os.environ,
 ) -> Service:
     """The service core for `inspector` behind `transports`, sized by the configuration."""
+    spill = None
+    if config.queue.spill_max_bytes > 0:
+        root = config.queue.spill_dir or default_cache_dir(environ) / "waiting"
+        spill = SpillFolder(root, config.queue.spill_max_bytes)
     return Service(
         inspector,
         transports,
@@ -163,4 +172,6 @@ def build_service(
         queue_size=config.queue.size,
         prepare_workers=config.queue.prepare_workers,
         stats_interval_s=config.stats_interval_s,
+        waiting_max_bytes=config.queue.waiting_max_bytes,
+        spill=spill,
     )

@@ -416,7 +416,9 @@ class IpcTransport:
             correlation_data=correlation,
             max_bytes=IOT_CORE_MAX_PAYLOAD_BYTES if kind == IOT_CORE else None,
         )
-        self._handler(IncomingMessage(payload, route))
+        # IoT Core requests came at QoS 1 and their senders wait for the reply: they may wait
+        # here too (the nucleus does not redeliver them). Local pub/sub has no such sender.
+        self._handler(IncomingMessage(payload, route, can_wait=kind == IOT_CORE))
 
     # --- replies -----------------------------------------------------------------------------
 

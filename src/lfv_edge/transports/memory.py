@@ -42,13 +42,26 @@ class MemoryTransport:
         self._receiving = True
 
     def deliver(
-        self, payload: bytes, *, correlation_data: bytes | None = None, max_bytes: int | None = None
+        self,
+        payload: bytes,
+        *,
+        correlation_data: bytes | None = None,
+        max_bytes: int | None = None,
+        can_wait: bool = False,
+        redelivered_if_unanswered: bool = False,
     ) -> bool:
         """Hand a request to the service as a transport thread would; False once unsubscribed."""
         if not self._receiving or self._handler is None:
             return False
         route = ReplyRoute(self.results_topic, self.name, self.name, correlation_data, max_bytes)
-        self._handler(IncomingMessage(payload, route))
+        self._handler(
+            IncomingMessage(
+                payload,
+                route,
+                can_wait=can_wait,
+                redelivered_if_unanswered=redelivered_if_unanswered,
+            )
+        )
         return True
 
     def fail(self, reason: str) -> None:

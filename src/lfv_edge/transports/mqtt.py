@@ -803,9 +803,16 @@ class MqttTransport:
                 self._service_done(pending)
 
         payload = message.payload
+        # QoS ≥ 1: its sender waits for the reply, so it may wait here too (late, not never).
+        # QoS 1 stays unacknowledged until answered, so the broker delivers it again should we
+        # not answer it; paho has acknowledged QoS 2 (PUBREC) before we see it.
         handler(
             IncomingMessage(
-                payload if isinstance(payload, bytes) else bytes(payload), route, ack=ack
+                payload if isinstance(payload, bytes) else bytes(payload),
+                route,
+                ack=ack,
+                can_wait=request is not None,
+                redelivered_if_unanswered=message.qos == 1,
             )
         )
 
