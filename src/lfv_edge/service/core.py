@@ -311,8 +311,9 @@ class Service:
         return self._inbox.memory_bytes, self._inbox.spilled_bytes
 
     def queue_capacity(self) -> int:
-        """The request queue's size now (configuration updates may change it)."""
-        return self._inbox.maxsize
+        """The request queue's size now (configuration updates may change it); requests that
+        can wait may go beyond it (`waiting_bytes`)."""
+        return self._inbox.size
 
     # --- transport threads -------------------------------------------------------------
 

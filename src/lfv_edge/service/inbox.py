@@ -225,4 +225,3 @@ class Inbox:
     def resize(self, size: int) -> None:
         with self._lock:
             self.size = size
-

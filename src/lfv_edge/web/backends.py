@@ -133,6 +133,7 @@ class ServiceBackend:
             received=service.stats.received,
             queue_depth=service.queue_depth(),
             queue_capacity=service.queue_capacity(),
+            waiting_bytes=service.waiting_bytes(),
             spool=spool,
             connected={t.name: t.connected for t in service.transports},
             ready=not self.not_ready(),

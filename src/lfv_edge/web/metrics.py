@@ -38,6 +38,7 @@ METRIC_NAMES = (
     "lfv_edge_request_duration_seconds",
     "lfv_edge_queue_depth",
     "lfv_edge_queue_capacity",
+    "lfv_edge_queue_waiting_bytes",
     "lfv_edge_spool_replies",
     "lfv_edge_spool_bytes",
     "lfv_edge_transport_connected",
@@ -58,6 +59,7 @@ class Gauges:
     received: int
     queue_depth: int | None = None
     queue_capacity: int | None = None
+    waiting_bytes: tuple[int, int] | None = None  # beyond the queue: (in memory, on disk)
     spool: Mapping[str, tuple[int, int]] | None = None  # transport → (replies, bytes)
     connected: Mapping[str, bool] | None = None  # transport → up
     ready: bool = True
@@ -100,6 +102,15 @@ class _ScrapeTime(Collector):
             yield GaugeMetricFamily(
                 "lfv_edge_queue_capacity", "Size of the request queue", value=gauges.queue_capacity
             )
+        if gauges.waiting_bytes is not None:
+            waiting = GaugeMetricFamily(
+                "lfv_edge_queue_waiting_bytes",
+                "Payload bytes of requests waiting beyond the queue, in memory or spilled to disk",
+                labels=["where"],
+            )
+            waiting.add_metric(["memory"], gauges.waiting_bytes[0])
+            waiting.add_metric(["disk"], gauges.waiting_bytes[1])
+            yield waiting
         if gauges.spool is not None:
             replies = GaugeMetricFamily(
                 "lfv_edge_spool_replies", "Replies waiting for the broker", labels=["transport"]
