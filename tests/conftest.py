@@ -38,6 +38,7 @@ FIXTURE_TIERS: dict[str, tuple[str, ...]] = {
     "broker": ("broker",),
     "tls_broker": ("broker",),
     "cpu_libdlr": ("dlr",),
+    "browser": ("browser",),
 }
 _TESTS = Path(__file__).resolve().parent
 

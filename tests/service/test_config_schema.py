@@ -42,6 +42,7 @@ FLAG_VALUES: dict[str, str] = {
     "mqtt.passwordFile": "/run/pw", "mqtt.keepaliveS": "20", "mqtt.sharedGroup": "g",
     "mqtt.sessionExpiryS": "60", "mqtt.spoolDir": "/spool", "mqtt.spoolMaxBytes": "100",
     "mqtt.receiveMaximum": "9", "agent.socket": "unix:///tmp/a.sock",
+    "http.listen": "127.0.0.1:9090", "http.tokenFile": "/run/web-token", "http.historySize": "50",
 }  # fmt: skip
 
 
@@ -88,6 +89,8 @@ def _nest(path: str, value: object) -> dict[str, object]:
         raw = {section: raw}
     if path.startswith("mqtt.") and path not in ("mqtt.broker",):
         raw = merge_config(raw, {"mqtt": {"broker": "mqtts://b:8883"}})
+    if path.startswith("http.") and path != "http.listen":
+        raw = merge_config(raw, {"http": {"listen": "9090"}})
     if path in ("mqtt.certFile", "mqtt.keyFile"):
         raw = merge_config(raw, {"mqtt": {"certFile": "c.pem", "keyFile": "k.pem"}})
     return raw
