@@ -41,6 +41,7 @@ FIXTURE_TIERS: dict[str, tuple[str, ...]] = {
     "tls_broker": ("broker",),
     "cpu_libdlr": ("dlr",),
     "gpu_libdlr": ("gpu", "dlr"),
+    "browser": ("browser",),
 }
 _TESTS = Path(__file__).resolve().parent
 

@@ -43,7 +43,7 @@ from lfv_edge.demo.embedded import embedded_package
 from lfv_edge.model import cpu_runtime
 
 MAX_PAYLOAD = 1 << 20
-WAIT_S = 600.0
+WAIT_S = 1800.0
 
 
 def _encode(ext: str, height: int, width: int, seed: int) -> bytes:

@@ -1,6 +1,6 @@
 """What runs beside the service in a serving process: the one place `serve` and the component build it.
 
-    ServiceConfig ─build_companions─▶ [AgentServer (agent section), …]
+    ServiceConfig ─build_companions─▶ [AgentServer (agent section), …, WebView (http section)]
         each started after the service, stopped before it (so what they hand the service
         is still answered), each built by its own package's factory from the configuration
 
@@ -57,6 +57,13 @@ def build_companions(
             else None
         )
         companions.append(AgentServer.from_service_config(config, on_verdict=on_verdict))
+    if config.http is not None:
+        from lfv_edge.web.backends import SourceStatus
+        from lfv_edge.web.view import WebView
+
+        # Last: started after the others, stopped first; capture sources show on the page.
+        sources = [c for c in companions if isinstance(c, SourceStatus)]
+        companions.append(WebView.for_service(config.http, service, sources=sources))
     return companions
 
 

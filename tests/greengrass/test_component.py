@@ -234,11 +234,11 @@ def test_sigterm_under_a_burst_exits_within_the_nucleus_budget(
     start_component: StartComponent, make_package: PackageFactory
 ) -> None:
     # given the recipe's defaults (stopTimeoutS 4), a model taking tens of ms per image and
-    # 200 IoT Core requests received: seconds of work left when the nucleus stops us
+    # 600 IoT Core requests received: seconds of work left when the nucleus stops us
     slow = make_package(PackageSpec(image_width=1000, image_height=1000, network="bench"))
     with start_component({"model": {"path": str(slow)}, "statsIntervalS": "0.1"}) as component:
         nucleus = component.nucleus
-        ids = [f"c{i}" for i in range(200)]
+        ids = [f"c{i}" for i in range(600)]
         for request_id in ids:
             nucleus.deliver_iot_core(f"lfv/{THING}/requests", request(request_id, 0.9))
         for _ in range(300):  # a snapshot every 0.1 s, each waited for (no sleeping)

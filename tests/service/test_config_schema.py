@@ -34,7 +34,7 @@ FLAG_VALUES: dict[str, str] = {
     "model.thresholdOverride": "0.25", "imageRoots": "/data", "limits.maxPayloadBytes": "4096",
     "queue.size": "5", "queue.overflow": "drop_oldest", "queue.prepareWorkers": "2",
     "queue.waitingMaxBytes": "1000", "queue.spillDir": "/spill", "queue.spillMaxBytes": "0",
-    "stopTimeoutS": "4",
+    "stopTimeoutS": "4", "model.runtime": "onnx", "model.onnxModel": "/m/model.onnx",
     "statsIntervalS": "7", "logLevel": "debug", "mqtt.broker": "mqtts://b:8883",
     "mqtt.requestsTopic": "r/#", "mqtt.resultsTopic": "res", "mqtt.statusTopic": "st",
     "mqtt.statsTopic": "sts", "mqtt.clientId": "c1", "mqtt.qos": "0", "mqtt.caFile": "ca.pem",
@@ -42,6 +42,7 @@ FLAG_VALUES: dict[str, str] = {
     "mqtt.passwordFile": "/run/pw", "mqtt.keepaliveS": "20", "mqtt.sharedGroup": "g",
     "mqtt.sessionExpiryS": "60", "mqtt.spoolDir": "/spool", "mqtt.spoolMaxBytes": "100",
     "mqtt.receiveMaximum": "9", "agent.socket": "unix:///tmp/a.sock",
+    "http.listen": "127.0.0.1:9090", "http.tokenFile": "/run/web-token", "http.historySize": "50",
 }  # fmt: skip
 
 
@@ -59,9 +60,9 @@ def _value_at(config: object, path: str) -> Any:
 def test_every_flag_sets_its_key() -> None:
     # given every key that declares a serve flag
     rows = [row for row in reference_rows(ServiceConfig) if row.spec.flag]
-    assert {row.path for row in rows} - {"results.includeMask"} == set(FLAG_VALUES), (
-        "FLAG_VALUES names every flag (update it with the schema)"
-    )
+    assert {row.path for row in rows} - {"results.includeMask", "model.probe"} == set(
+        FLAG_VALUES
+    ), "FLAG_VALUES names every flag (update it with the schema)"
     argv = ["serve"]
     for row in rows:
         if row.spec.flag_const is None:
@@ -88,6 +89,8 @@ def _nest(path: str, value: object) -> dict[str, object]:
         raw = {section: raw}
     if path.startswith("mqtt.") and path not in ("mqtt.broker",):
         raw = merge_config(raw, {"mqtt": {"broker": "mqtts://b:8883"}})
+    if path.startswith("http.") and path != "http.listen":
+        raw = merge_config(raw, {"http": {"listen": "9090"}})
     if path in ("mqtt.certFile", "mqtt.keyFile"):
         raw = merge_config(raw, {"mqtt": {"certFile": "c.pem", "keyFile": "k.pem"}})
     return raw

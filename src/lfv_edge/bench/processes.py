@@ -7,6 +7,7 @@ paho's network thread. Each process is the real thing, started as users start it
 from __future__ import annotations
 
 import getpass
+import http.client
 import json
 import os
 import shutil
@@ -374,3 +375,89 @@ class BareWorker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+
+# --- a page watching the web view ------------------------------------------------------------
+
+
+class PageClient:
+    """What a browser with the live page open does to `serve --http`, over plain HTTP.
+
+    It follows the event stream (/api/events), fetches the thumbnail of every inspection
+    announced, as the page does, and scrapes /metrics every `scrape_every_s` (Prometheus's
+    default interval is 15 s; 5 s is a heavy scraper).
+    """
+
+    def __init__(self, port: int, *, scrape_every_s: float = 5.0) -> None:
+        self.port = port
+        self.events = 0
+        self.thumbnails = 0
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._scrape_every_s = scrape_every_s
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._healthy():
+            if time.monotonic() > deadline:
+                msg = f"the web view on port {port} did not answer /healthz"
+                raise LfvEdgeError(msg)
+            time.sleep(0.05)
+        self._stream = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self._stream.request("GET", "/api/events")
+        self._events = self._stream.getresponse()
+        self._threads = [
+            threading.Thread(target=self._follow, name="bench-page-events", daemon=True),
+            threading.Thread(target=self._scrape, name="bench-page-metrics", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _healthy(self) -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            connection.request("GET", "/healthz")
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            connection.close()
+
+    def _follow(self) -> None:
+        pictures = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        kind = ""
+        try:
+            while not self._stop.is_set():
+                line = self._events.readline()
+                if not line:
+                    return
+                text = line.decode().rstrip("\n")
+                if text.startswith("event: "):
+                    kind = text[len("event: ") :]
+                elif text.startswith("data: ") and kind == "inspection":
+                    self.events += 1
+                    summary = json.loads(text[len("data: ") :])
+                    if "thumb" in summary.get("Pictures", []):
+                        pictures.request("GET", f"/api/inspections/{summary['Seq']}/thumb.jpg")
+                        pictures.getresponse().read()
+                        self.thumbnails += 1
+        except (OSError, ValueError, http.client.HTTPException):
+            return  # the stream closed (stop) or serve went away
+        finally:
+            pictures.close()
+
+    def _scrape(self) -> None:
+        scraper = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            while not self._stop.wait(self._scrape_every_s):
+                scraper.request("GET", "/metrics")
+                scraper.getresponse().read()
+                self.scrapes += 1
+        except (OSError, http.client.HTTPException):
+            return
+        finally:
+            scraper.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._stream.close()
+        for thread in self._threads:
+            thread.join(10)

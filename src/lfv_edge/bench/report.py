@@ -56,6 +56,17 @@ def rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
                     _met(served["met"]),
                 )
             )
+        web = p2.get("web")
+        if web:
+            out.append(
+                (
+                    f"P2 {p2['package']}, {web['kind']}, web view on + page",
+                    f"{web['ratio_to_served_without_web']['median']:.3f} of served without "
+                    f"({web['per_s']['median']:.1f}/s; {web['ratio_to_bare']['median']:.3f} of bare)",
+                    "(issue 15)",
+                    "—",
+                )
+            )
     for p3 in report.get("p3", []):
         added = p3.get("service_added_ms") or {}
         out.append(

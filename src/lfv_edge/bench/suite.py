@@ -58,6 +58,7 @@ class BenchOptions:
     p2_rounds: int = 20
     p2_batch: int = 24
     p2_all_kinds: bool = True  # model-size kinds too (first network only)
+    p2_web: bool = False  # also serve with the web view on and a page watching (bench --web)
     p3_kinds: tuple[str, ...] = ("jpeg1080", "jpeg1000", "frame1000")
     p3_requests: int = 200
     p3_probe_rounds: int = 3
@@ -133,6 +134,7 @@ def run_bench(
             "p2_networks": list(options.p2_networks),
             "p2_rounds": options.p2_rounds,
             "p2_batch": options.p2_batch,
+            "p2_web": options.p2_web,
             "p3_requests": options.p3_requests,
             "p4_requests": options.p4_requests,
             "p4_burst": options.p4_burst,
@@ -220,7 +222,7 @@ def _broker_figures(
         figures = throughput.measure_throughput(
             network, package, f"builder '{network}' network, 1000×1000 input", measured,
             broker, work, image, threads=options.threads, rounds=options.p2_rounds,
-            batch=options.p2_batch,
+            batch=options.p2_batch, web=options.p2_web and n == 0,
         )  # fmt: skip
         report["p2"].append(figures.to_dict())
 

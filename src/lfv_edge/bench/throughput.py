@@ -4,7 +4,9 @@ P2, per package, in one run: a bare `runner.run` loop in its own process (the mo
 same TVM thread count) and `lfv-edge serve` answering requests published through the
 benchmark's mosquitto, interleaved round by round (bare, served kind 1, served kind 2, …).
 The served rate is the steady-state reply rate with `WINDOW` requests in flight (pipeline
-fill excluded). Ratio = served / bare per round, median over rounds.
+fill excluded). Ratio = served / bare per round, median over rounds. With `web` (bench
+--web), a second serve with the web view on and a page watching it (event stream,
+thumbnails, /metrics every 5 s) answers the first kind in every round too.
 
 P3, per request kind: the maximum served rate is measured again just before, then a fresh
 `serve` (so its stats window holds only these requests) receives requests paced at half of
@@ -22,7 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lfv_edge.bench.inputs import RequestKind
-from lfv_edge.bench.processes import BareWorker, BenchClient, Mosquitto, ServeProcess, cpu_seconds
+from lfv_edge.bench.processes import (
+    BareWorker,
+    BenchClient,
+    Mosquitto,
+    PageClient,
+    ServeProcess,
+    cpu_seconds,
+    free_port,
+)
 from lfv_edge.bench.timing import Summary, paired_ratio, percentiles, summarize
 from lfv_edge.errors import LfvEdgeError
 
@@ -146,6 +156,32 @@ class ServedFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class WebFigures:
+    """P2 with the web view on and a page watching, against the same serve without it."""
+
+    kind: str
+    per_s: Summary
+    ratio_to_bare: Summary
+    ratio_to_plain: Summary  # served with the web view ÷ served without, per round
+    cpu_ms_per_request: Summary
+    events: int  # inspections the page was told about
+    thumbnails: int  # thumbnails the page fetched
+    scrapes: int  # /metrics scrapes
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "per_s": self.per_s.to_dict(),
+            "ratio_to_bare": self.ratio_to_bare.to_dict(3),
+            "ratio_to_served_without_web": self.ratio_to_plain.to_dict(3),
+            "serve_cpu_ms_per_request": self.cpu_ms_per_request.to_dict(1),
+            "page_events": self.events,
+            "page_thumbnails": self.thumbnails,
+            "metrics_scrapes": self.scrapes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ThroughputFigures:
     """P2 for one package."""
 
@@ -159,9 +195,12 @@ class ThroughputFigures:
     bare_cpu_ms_per_run: Summary
     broker_cpu_ms_per_request: float
     served: dict[str, ServedFigures]
+    web: WebFigures | None = None
 
     def to_dict(self) -> dict[str, object]:
+        web = {"web": self.web.to_dict()} if self.web is not None else {}
         return {
+            **web,
             "package": self.label,
             "package_detail": self.package,
             "tvm_threads": self.threads,
@@ -189,18 +228,36 @@ def measure_throughput(
     threads: int,
     rounds: int,
     batch: int,
+    web: bool = False,
 ) -> ThroughputFigures:
-    """P2: bare loop and served kinds, interleaved round by round."""
+    """P2: bare loop and served kinds, interleaved round by round.
+
+    `web`: a second serve with `--http` and a page watching it (PageClient) runs the first
+    kind in every round too, right after the plain one: the web view's overhead.
+    """
     bare = BareWorker(package, threads, image)
     endpoint = start_endpoint(package, broker, f"p2-{label}", folder, threads=threads)
+    watched: ServedEndpoint | None = None
+    page: PageClient | None = None
     try:
+        if web:
+            port = free_port()
+            watched = start_endpoint(
+                package, broker, f"p2-{label}-web", folder, threads=threads,
+                extra_args=("--http", f"127.0.0.1:{port}"),
+            )  # fmt: skip
+            page = PageClient(port)
         for kind in kinds:
             endpoint.rate(max(batch // 2, WINDOW + 2), kind)  # warm-up
+        if watched is not None:
+            watched.rate(max(batch // 2, WINDOW + 2), kinds[0])
         bare.rate(max(batch // 2, 1))
         bare_rates: list[float] = []
         bare_cpu: list[float] = []
         served_rates: dict[str, list[float]] = {kind.name: [] for kind in kinds}
         served_cpu: dict[str, list[float]] = {kind.name: [] for kind in kinds}
+        web_rates: list[float] = []
+        web_cpu: list[float] = []
         broker_cpu = cpu_seconds(broker.process.pid)
         for _ in range(rounds):
             rate, cpu = bare.rate(batch)
@@ -210,15 +267,34 @@ def measure_throughput(
                 rate, cpu = endpoint.rate(batch, kind)
                 served_rates[kind.name].append(rate)
                 served_cpu[kind.name].append(cpu)
-        broker_ms = (
-            (cpu_seconds(broker.process.pid) - broker_cpu)
-            * 1000.0
-            / (rounds * batch * max(len(kinds), 1))
-        )
+            if watched is not None:
+                rate, cpu = watched.rate(batch, kinds[0])
+                web_rates.append(rate)
+                web_cpu.append(cpu)
+        requests = rounds * batch * (max(len(kinds), 1) + (1 if watched is not None else 0))
+        broker_ms = (cpu_seconds(broker.process.pid) - broker_cpu) * 1000.0 / requests
     finally:
         bare.close()
         endpoint.close()
+        if page is not None:
+            page.close()
+        if watched is not None:
+            watched.close()
+    web_figures = None
+    if watched is not None and page is not None:
+        first = kinds[0].name
+        web_figures = WebFigures(
+            kind=first,
+            per_s=summarize(web_rates),
+            ratio_to_bare=paired_ratio(web_rates, bare_rates),
+            ratio_to_plain=paired_ratio(web_rates, served_rates[first]),
+            cpu_ms_per_request=summarize(web_cpu),
+            events=page.events,
+            thumbnails=page.thumbnails,
+            scrapes=page.scrapes,
+        )
     return ThroughputFigures(
+        web=web_figures,
         label=label,
         package=detail,
         threads=threads,

@@ -14,6 +14,7 @@ import logging
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lfv_edge.commands import Subparsers
 from lfv_edge.errors import ConfigError
@@ -22,8 +23,16 @@ from lfv_edge.service.config import (
     AgentConfig,
     AgentModelConfig,
     ServiceConfig,
-    read_config_file,
+    add_config_flags,
+    merge_config,
+    parse_config,
+    raw_from_flags,
+    read_config_mapping,
 )
+
+if TYPE_CHECKING:
+    from lfv_edge.agent.server import AgentServer
+    from lfv_edge.web.view import WebView
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +69,8 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
     parser.add_argument("--config", help="JSON configuration file; its `agent` section is used")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None)
     parser.add_argument("--threads", type=int, help="TVM worker threads per model")
+    # The web view (health, metrics of the calls, their verdicts): the `http` keys' own flags.
+    add_config_flags(parser, paths=("http.listen", "http.tokenFile", "http.historySize"))
     parser.set_defaults(handler=run_agent)
 
 
@@ -80,7 +91,9 @@ def agent_settings(args: argparse.Namespace) -> tuple[ServiceConfig | None, Agen
     Raises:
         ConfigError: no models, or `--start` names a model that is not configured.
     """
-    service = read_config_file(Path(args.config)) if args.config else None
+    flags = raw_from_flags(args)  # --http …
+    raw = read_config_mapping(Path(args.config)) if args.config else {}
+    service = parse_config(merge_config(raw, flags)) if args.config or flags else None
     agent = (service.agent if service is not None else None) or AgentConfig()
     models = {**agent.models, **_parse_models(args.model)}
     start = tuple(dict.fromkeys((*agent.start_models, *args.start)))
@@ -104,13 +117,45 @@ def run_agent(args: argparse.Namespace) -> int:
     service, agent = agent_settings(args)
     config = replace(service or ServiceConfig(), agent=agent)
     threads = serving_threads(args.threads or (config.model.threads if config.model else None))
-    server = AgentServer.from_service_config(config, device=args.device, threads=threads)
+    serving: list[AgentServer] = []  # the server once it listens (the web view reads it)
+    view = _web_view(config, serving)
+    server = AgentServer.from_service_config(
+        config,
+        device=args.device,
+        threads=threads,
+        on_verdict=view.on_verdict if view is not None else None,
+    )
     stop = threading.Event()
     with on_stop_signals(lambda _name: stop.set()):
         try:
             server.start()
+            serving.append(server)
             print(f"lfv-edge agent: serving on unix://{server.socket_path}", flush=True)
+            if view is not None:
+                view.start()
+                print(f"lfv-edge agent: web view on {view.url}", flush=True)
             stop.wait()
         finally:
+            if view is not None:
+                view.stop(STOP_GRACE_S)
             server.stop(STOP_GRACE_S)
     return 0
+
+
+def _web_view(config: ServiceConfig, serving: list[AgentServer]) -> WebView | None:
+    """The web view of the agent's calls (`http` section or --http), or None."""
+    if config.http is None:
+        return None
+    from lfv_edge.web.view import WebView
+
+    def models() -> list[dict[str, str]]:
+        return [
+            {"Component": info.name, "Status": info.status.name, "Name": info.package_name,
+             "Version": info.package_version}
+            for server in serving for info in server.registry.list()
+        ]  # fmt: skip
+
+    def up() -> bool:
+        return any(not server.stopping.is_set() for server in serving)
+
+    return WebView.for_agent(config.http, models, up)

@@ -57,6 +57,12 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
         help="builder networks for P2 (comma-separated; default reference,bench; first is P3's)",
     )
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep packages and serve logs")
+    parser.add_argument(
+        "--web",
+        action="store_true",
+        help="P2 also with the web view on (--http) and a page watching it, interleaved: "
+        "the web view's overhead",
+    )
     gpu = parser.add_argument_group("figure GPU (serving a GPU package)")
     gpu.add_argument(
         "--gpu-libdlr",
@@ -136,7 +142,9 @@ def run(args: argparse.Namespace) -> int:
 
     threads = serving_tvm_threads(args.threads)
     options = BenchOptions.quick(threads) if args.quick else BenchOptions(threads=threads)
-    options = replace(options, figures=_figures(args.only), model=args.model, keep=args.keep)
+    options = replace(
+        options, figures=_figures(args.only), model=args.model, keep=args.keep, p2_web=args.web
+    )
     options = _gpu_options(args, options)
     if args.networks:
         networks = tuple(n.strip() for n in args.networks.split(",") if n.strip())

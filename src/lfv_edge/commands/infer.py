@@ -10,11 +10,16 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 from lfv_edge.commands import EXIT_FAILURE, EXIT_OK, Subparsers
 from lfv_edge.errors import ConfigError, InputError
+from lfv_edge.service.config import add_config_flags, raw_from_flags
 
+INFER_KEYS = (
+    "model.path", "model.device", "model.threads", "model.thresholdOverride", "model.probe",
+    "model.runtime", "model.onnxModel",
+)  # fmt: skip
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
@@ -24,10 +29,8 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
         "infer", help="run a package on images; one JSON line per image on stdout"
     )
     infer.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
-    infer.add_argument("--model", help="package zip or folder (default: the demo package)")
-    infer.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    infer.add_argument("--threads", type=int, help="TVM worker threads (default: all usable CPUs)")
-    infer.add_argument("--threshold", type=float, help="override the manifest's threshold")
+    # The model's keys, with their flags, as declared in the configuration schema.
+    add_config_flags(infer, paths=INFER_KEYS)
     infer.add_argument(
         "--colors",
         action="append",
@@ -36,11 +39,6 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
         help="mask colour of a label (repeatable) or a JSON file of them",
     )
     infer.add_argument("--no-mask", action="store_true", help="omit AnomalyMask from the output")
-    infer.add_argument(
-        "--probe",
-        action="store_true",
-        help="load the model in a child process first, so a corrupt package cannot crash this one",
-    )
     infer.add_argument("--mask-dir", help="also write each anomaly mask as a PNG here")
     infer.set_defaults(handler=_run)
 
@@ -103,18 +101,17 @@ class _Progress:
 def _run(args: argparse.Namespace) -> int:
     from lfv_edge.demo.embedded import embedded_package
     from lfv_edge.inspection.pipeline import ImageFile
-    from lfv_edge.service.config import ModelConfig
+    from lfv_edge.service.config import parse_config
     from lfv_edge.service.messages import ModelIdentity, encode_verdict
     from lfv_edge.service.wiring import load_inspector
 
-    settings = ModelConfig(
-        path=Path(args.model) if args.model else embedded_package(),
-        device=args.device,
-        threads=args.threads,
-        colors=_parse_colors(args.colors),
-        threshold_override=args.threshold,
-        probe=args.probe,
-    )
+    raw = raw_from_flags(args)
+    model = cast(dict[str, object], raw.setdefault("model", {}))
+    model.setdefault("path", str(embedded_package()))
+    if args.colors:
+        model["colors"] = _parse_colors(args.colors)
+    settings = parse_config(raw).model
+    assert settings is not None  # noqa: S101 - model.path was set above
     inspector = load_inspector(settings, serving=False)
     identity = ModelIdentity(inspector.package.name, inspector.package.version)
     choice = inspector.device

@@ -135,8 +135,9 @@ class GreengrassComponent:
                 target=self._apply_loop, name="lfv-config", daemon=True
             )
             self._applier.start()
-            service.start()
+            # Built before the service starts: the web view's observer sees every reply.
             self._companions = build_companions(config, service, transport, self._environ)
+            service.start()
             start_companions(self._companions)
             self._connection.update_state("RUNNING")
         except LfvEdgeError as exc:
@@ -295,7 +296,10 @@ class GreengrassComponent:
         model, old_model = new.model, old.model
         if (model.path, model.device) != (old_model.path, old_model.device):
             try:
-                service.replace_inspector(load_inspector(model, new.limits, environ=self._environ))
+                with service.model_reload():  # /readyz: not ready while the new model loads
+                    service.replace_inspector(
+                        load_inspector(model, new.limits, environ=self._environ)
+                    )
             except LfvEdgeError as exc:
                 logger.error("model.path %s not loaded, still serving %s: %s", model.path,
                              old_model.path, exc)  # fmt: skip
@@ -330,6 +334,8 @@ class GreengrassComponent:
             logger.warning("model.threads takes effect at the next start (TVM sizes its pool once)")
         if new.stats_interval_s != old.stats_interval_s:
             logger.warning("statsIntervalS takes effect at the next start")
+        if new.http != old.http:
+            logger.warning("http takes effect at the next start (the web view binds once)")
         settings = service_settings(new, self._environ)
         if settings != service.settings or new.queue.size != old.queue.size:
             service.update_settings(settings, queue_size=new.queue.size)

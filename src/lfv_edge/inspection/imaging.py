@@ -184,3 +184,42 @@ def resize_nearest(labels: NDArray[np.uint8], width: int, height: int) -> NDArra
         return labels
     resized = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
     return np.asarray(resized, dtype=np.uint8)
+
+
+def encode_jpeg(image: NDArray[np.uint8], *, quality: int = 85, rgb: bool = True) -> bytes:
+    """JPEG bytes of an H×W×3 image (RGB unless `rgb=False`), for pictures people look at."""
+    # cvtColor, not image[:, :, ::-1]: copying the reversed view is ~10× slower (1.2 ms at VGA).
+    pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if rgb and image.ndim == 3 else image
+    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        msg = "JPEG encoding failed"
+        raise RuntimeError(msg)
+    return bytes(encoded)
+
+
+def to_three_channels(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """H×W×3 in the same channel order from gray, H×W×1, H×W×3 or H×W×4 (alpha dropped)."""
+    if image.ndim == 2 or image.shape[2] == 1:
+        return np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
+    if image.shape[2] == 4:
+        return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGRA2BGR), dtype=np.uint8)
+    return image
+
+
+def swap_red_blue(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """RGB ↔ BGR of an H×W×3 image, as a new contiguous array."""
+    return np.asarray(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), dtype=np.uint8)
+
+
+def fit_within(image: NDArray[np.uint8], max_side: int) -> NDArray[np.uint8]:
+    """`image` scaled down (area averaging) so neither side exceeds `max_side`; never up.
+
+    Pass a contiguous image: OpenCV copies a strided view first (a reversed-channel 1080p
+    view took 18 ms instead of 3).
+    """
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)

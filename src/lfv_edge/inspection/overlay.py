@@ -1,6 +1,7 @@
 """Pictures of what the model saw: an image with its anomaly mask, verdict and legend; contact sheets.
 
-Used by `lfv-edge demo` (and useful on its own: `render_overlay(image_rgb, verdict, title)`).
+Used by `lfv-edge demo` and the web view (`blend_mask` on its previews and thumbnails), and
+useful on its own: `render_overlay(image_rgb, verdict, title)`.
 The mask is blended at 45 % over defect pixels only and outlined, so the part stays visible;
 a header states the verdict and confidence, a legend lists each label's colour and area.
 One of the cv2 users (drawing and text).
@@ -44,22 +45,10 @@ def render_overlay(
 ) -> NDArray[np.uint8]:
     """The image (scaled to `width`) with mask, outline, verdict header and legend; RGB uint8."""
     height = round(image_rgb.shape[0] * width / image_rgb.shape[1])
-    picture = cv2.resize(image_rgb, (width, height), interpolation=cv2.INTER_AREA)
-    if verdict.mask is not None:
-        labels = resize_nearest(verdict.mask, width, height)
-        colors = verdict.mask_rgb()
-        assert colors is not None  # noqa: S101 - mask is not None
-        colored = cv2.resize(colors, (width, height), interpolation=cv2.INTER_NEAREST)
-        defect = labels != 0
-        blended = cv2.addWeighted(picture, 1 - _ALPHA, colored, _ALPHA, 0)
-        picture[defect] = blended[defect]
-        for index in np.unique(labels):
-            if index == 0:
-                continue
-            contours, _ = cv2.findContours(
-                (labels == index).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-            )
-            cv2.drawContours(picture, contours, -1, _hex_to_rgb(verdict.mask_colors[int(index)]), 2)
+    picture = np.asarray(
+        cv2.resize(image_rgb, (width, height), interpolation=cv2.INTER_AREA), dtype=np.uint8
+    )
+    blend_mask(picture, verdict)
     header = np.full((34, width, 3), 255, dtype=np.uint8)
     state = "ANOMALY" if verdict.is_anomalous else "NORMAL"
     color = _ANOMALOUS if verdict.is_anomalous else _NORMAL
@@ -74,6 +63,37 @@ def render_overlay(
     )
     legend = _legend(verdict, width)
     return np.vstack([header, picture, legend])
+
+
+def blend_mask(
+    picture: NDArray[np.uint8], verdict: Verdict, *, outline: int = 2, bgr: bool = False
+) -> None:
+    """Blend the verdict's mask (scaled to `picture`) into `picture` in place, outlined.
+
+    `picture` is RGB (BGR with `bgr`) at any size (the web view draws on its preview); without
+    a mask it is left as it is.
+    """
+    if verdict.mask is None:
+        return
+    height, width = picture.shape[:2]
+    labels = resize_nearest(verdict.mask, width, height)
+    if not labels.any():
+        return
+    # Colour the scaled labels, not the full mask (nearest-neighbour commutes with the lookup):
+    # a 1080p mask's colours are 6 MB, its 640-px preview's 0.7 MB.
+    lut = np.array([_hex_to_rgb(c) for c in verdict.mask_colors], dtype=np.uint8)
+    colored = np.take(lut[:, ::-1] if bgr else lut, labels, axis=0)
+    defect = labels != 0
+    blended = cv2.addWeighted(picture, 1 - _ALPHA, colored, _ALPHA, 0)
+    picture[defect] = blended[defect]
+    for index in np.unique(labels):
+        if index == 0:
+            continue
+        contours, _ = cv2.findContours(
+            (labels == index).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
+        color = _hex_to_rgb(verdict.mask_colors[int(index)])
+        cv2.drawContours(picture, contours, -1, color[::-1] if bgr else color, outline)
 
 
 def _legend(verdict: Verdict, width: int) -> NDArray[np.uint8]:

@@ -101,6 +101,11 @@ def describe_package(source: Path, facts: HostFacts | None = None) -> dict[str, 
     return _describe_package(read_model_package(source), facts or HostFacts.probe())
 
 
+def describe_loaded(package: ModelPackage, facts: HostFacts | None = None) -> dict[str, object]:
+    """`describe_package` of a package already read (a running service's model): no re-read."""
+    return _describe_package(package, facts or HostFacts.probe())
+
+
 def _describe_folder(model: ModelFolder, facts: HostFacts) -> dict[str, object]:
     check = model.stage
     graph = check.graph

@@ -55,11 +55,13 @@ def default_cache_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(base) / "lfv-edge"
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_of(*paths: Path) -> str:
+    """Hex sha256 of the files' contents, one after the other (read in 1 MiB chunks)."""
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(_CHUNK), b""):
-            digest.update(chunk)
+    for path in paths:
+        with path.open("rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -167,7 +169,7 @@ def extract_package_zip(
     """
     limits = limits or ZipLimits()
     root = (cache_dir or default_cache_dir()) / "packages"
-    digest = _sha256_file(zip_path)
+    digest = sha256_of(zip_path)
     final = root / digest
     if final.is_dir():
         logger.debug("package %s already extracted at %s", zip_path, final)

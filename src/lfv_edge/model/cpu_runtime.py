@@ -16,7 +16,6 @@ Does not import dlr.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lfv_edge.errors import RuntimeProvisionError
+from lfv_edge.model.archive import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +61,6 @@ def default_runtime_dir(environ: Mapping[str, str] = os.environ) -> Path:
     if configured:
         return Path(configured)
     return Path(sys.prefix) / "share" / "lfv-edge" / "dlr-1.6.0"
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def find_cpu_runtime(environ: Mapping[str, str] = os.environ) -> CpuRuntime | None:

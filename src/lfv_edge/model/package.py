@@ -17,7 +17,6 @@ process: a model that passes here is one DLR will load, or whose failure we can 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import zipfile
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Literal
 
 from lfv_edge.errors import ModelPackageError
 from lfv_edge.model import cpu_runtime
-from lfv_edge.model.archive import ZipLimits, extract_package_zip
+from lfv_edge.model.archive import ZipLimits, extract_package_zip, sha256_of
 from lfv_edge.model.elf import SharedObject
 from lfv_edge.model.manifest import Manifest, decode_manifest
 from lfv_edge.model.preflight import (
@@ -112,18 +111,9 @@ def _find_root(folder: Path) -> Path:
 def _runtime(stage: FolderCheck) -> tuple[SharedObject, str, bool]:
     """The `libdlr.so` a folder runs with, its sha256, and whether it is the folder's own."""
     if stage.libdlr is not None:
-        return stage.libdlr, cpu_runtime.sha256_of(stage.libdlr.path), True
+        return stage.libdlr, sha256_of(stage.libdlr.path), True
     runtime = cpu_runtime.require_cpu_runtime()
     return check_libdlr(runtime.library), runtime.sha256, False
-
-
-def _digest(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with path.open("rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _output_layout(manifest: Manifest, stage: StageCheck, stage_dir: Path) -> OutputLayout:
@@ -227,7 +217,7 @@ def read_model_package(
     origin = "package" if own else "cpu-runtime"
     if not version_paths:
         version_paths = [root / MANIFEST, stage.files.graph_json, stage.files.params]
-    version = "sha256:" + _digest(version_paths)[:12]
+    version = "sha256:" + sha256_of(*version_paths)[:12]
     return ModelPackage(
         source=source,
         root=root,
@@ -263,7 +253,7 @@ def read_model_folder(folder: Path) -> ModelFolder:
         library_sha256=library_sha,
         library_origin="folder" if own else "cpu-runtime",
         name=folder.resolve().name,
-        version="sha256:" + _digest([files.graph_json, files.params, files.kernel_lib])[:12],
+        version="sha256:" + sha256_of(files.graph_json, files.params, files.kernel_lib)[:12],
     )
 
 

@@ -178,7 +178,7 @@ def find_stage_files(stage_dir: Path) -> StageFiles:
     )
 
 
-def _read_meta(meta: Path | None) -> tuple[str | None, tuple[str, ...]]:
+def read_meta(meta: Path | None) -> tuple[str | None, tuple[str, ...]]:
     if meta is None:
         return None, ()
     try:
@@ -254,7 +254,7 @@ def check_model_folder(folder: Path, *, linking: ProcessLinking | None = None) -
     _check_functions(folder, files, graph, kernel, modules)
     kernel_linked = _check_linking(folder, kernel, linking or ProcessLinking.of_this_process())
     libdlr = check_libdlr(files.libdlr) if files.libdlr is not None else None
-    meta_device, output_names = _read_meta(files.meta)
+    meta_device, output_names = read_meta(files.meta)
     return FolderCheck(
         files=files,
         graph=graph,

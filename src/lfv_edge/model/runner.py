@@ -191,6 +191,28 @@ class RuntimeInfo:
         return self.inputs[0].shape
 
 
+def run_dlr_once(
+    stage_dir: Path, *, library: Path, feeds: Mapping[str, NDArray[np.generic]], device: str = "cpu"
+) -> list[NDArray[np.generic]]:
+    """Load a model folder and run it once on named inputs (any number; weights by name too).
+
+    For checks against DLR (the converter's end-to-end comparison), not for serving.
+
+    Raises:
+        ModelPackageError: DLR could not load the model; `InferenceError` when the run fails.
+    """
+    model, _version, _backend = _load_dlr_model(stage_dir, library, device, None)
+    try:
+        outputs: Sequence[NDArray[np.generic]] = model.run(
+            {k: np.asarray(v) for k, v in feeds.items()}
+        )
+    except Exception as exc:
+        text = str(exc).split("Stack trace:")[0].strip()
+        msg = f"inference failed: {text}"
+        raise InferenceError(msg) from exc
+    return [np.array(output) for output in outputs]
+
+
 class DlrRunner:
     """A loaded DLR model: one handle, one lock, exact input checks."""
 

@@ -52,6 +52,7 @@ class GraphNode:
     inputs: tuple[tuple[int, int], ...]
     func_name: str | None
     num_outputs: int
+    flatten_data: bool = False  # the executor passes every argument as 1-D
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +263,8 @@ def _parse_nodes(value: object) -> tuple[GraphNode, ...]:
         if num_outputs < 1:
             msg = f"{where} ({name}): attrs.num_outputs must be at least 1"
             raise GraphFormatError(msg)
-        nodes.append(GraphNode("tvm_op", name, inputs, attrs["func_name"], num_outputs))
+        flatten = attrs["flatten_data"] not in ("0", "")
+        nodes.append(GraphNode("tvm_op", name, inputs, attrs["func_name"], num_outputs, flatten))
     return tuple(nodes)
 
 

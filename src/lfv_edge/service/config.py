@@ -30,7 +30,7 @@ Example (only `model.path` and one transport are required to serve):
               "caFile": "ca.pem", "certFile": "cert.pem", "keyFile": "key.pem",
               "username": null, "passwordFile": null, "keepaliveS": 30, "sharedGroup": null,
               "sessionExpiryS": 3600, "spoolDir": "/var/lib/lfv-edge/spool",
-              "spoolMaxBytes": 67108864, "receiveMaximum": 64},
+              "spoolMaxBytes": 67108864, "receiveMaximum": 65535},
      "ipc": {"localRequestsTopic": "lfv/requests", "localResultsTopic": "lfv/results",
              "iotCoreRequestsTopic": "lfv/{thingName}/requests",
              "iotCoreResultsTopic": "lfv/{thingName}/results", "statsTopic": "lfv/stats",
@@ -38,13 +38,16 @@ Example (only `model.path` and one transport are required to serve):
      "agent": {"socket": "unix:///tmp/aws.iot.lookoutvision.EdgeAgent.sock", "socketMode": "0660",
                "models": {"com.example.PartsModel": "/models/parts.zip"},
                "startModels": ["com.example.PartsModel"], "maxPendingPerModel": 4,
-               "publishResults": false}}
+               "publishResults": false},
+     "http": {"listen": "127.0.0.1:8080", "tokenFile": null, "historySize": 200,
+              "historyMaxBytes": 33554432, "images": true, "maxConnections": 32}}
 """
 
 from __future__ import annotations
 
 import argparse
 import enum
+import ipaddress
 import json
 import os
 import re
@@ -79,6 +82,8 @@ from lfv_edge.service.schema import (
 
 Device = Literal["auto", "cpu", "gpu"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "gpu")
+Runtime = Literal["dlr", "onnx"]
+RUNTIMES: tuple[Runtime, ...] = ("dlr", "onnx")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # The LFV Edge Agent's own default socket (its only configuration key).
 DEFAULT_AGENT_SOCKET = "unix:///tmp/aws.iot.lookoutvision.EdgeAgent.sock"
@@ -97,6 +102,10 @@ def _overflow(value: object, where: str) -> OverflowPolicy:
 
 def _device(value: object, where: str) -> Device:
     return cast(Device, to_choice(DEVICES)(value, where))
+
+
+def _runtime(value: object, where: str) -> Runtime:
+    return cast(Runtime, to_choice(RUNTIMES)(value, where))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +133,21 @@ class ModelConfig:
         doc='mask colour per label, `{"scratch": "#FF0000"}`',
     )  # fmt: skip
     probe: bool = key(
-        "probe", to_bool, default=False,
+        "probe", to_bool, default=False, flag="--probe", flag_const=True,
         doc="load the package once in a child process first (packages from outside)",
     )  # fmt: skip
     lookout_vision_model_arn: str = key(
         "lookoutVisionModelArn", to_text, default="", default_doc="empty",
         doc="the LFV model's ARN, reported by the Edge Agent API (DescribeModel, ListModels)",
+    )  # fmt: skip
+    runtime: Runtime = key(
+        "runtime", _runtime, default="dlr", flag="--runtime", choices=RUNTIMES,
+        doc="`dlr` (the package's compiled model) or `onnx` (its converted model in ONNX "
+        "Runtime: `lfv-edge convert --into-package`; needs the `onnx` extra)",
+    )  # fmt: skip
+    onnx_model: Path | None = key(
+        "onnxModel", to_path, default=None, default_doc="`model.onnx` in the stage folder",
+        flag="--onnx-model", metavar="FILE", doc="the converted model for `runtime: onnx`",
     )  # fmt: skip
 
 
@@ -267,10 +285,14 @@ class MqttConfig:
         "spoolMaxBytes", to_int(0), default=64 << 20, default_doc="64 MiB",
         flag="--spool-max-bytes", doc="bound of the reply spool",
     )  # fmt: skip
-    # MQTT 5 Receive Maximum: unacknowledged requests we announce we can take at once.
+    # MQTT 5 Receive Maximum: unacknowledged requests we announce we can take at once. The
+    # most by default: the inbox bounds what we hold by bytes (memory, then disk), while a
+    # broker holding a burst back may drop it (mosquitto beyond max_queued_messages, 1,000:
+    # 8,852 of a 10,000-request burst were lost there with a window of 64, tools/rss_burst.py).
     receive_maximum: int = key(
-        "receiveMaximum", to_int(1, 65535), default=64, flag="--receive-maximum",
-        doc="MQTT 5 Receive Maximum announced to the broker (unanswered requests in flight)",
+        "receiveMaximum", to_int(1, 65535), default=65535, flag="--receive-maximum",
+        doc="MQTT 5 Receive Maximum announced to the broker (unanswered requests in flight); "
+        "lower it to keep bursts in the broker's queue instead of ours",
     )  # fmt: skip
 
     @property
@@ -422,6 +444,95 @@ class AgentConfig:
                 _fail(join(where, "startModels"), f"{name!r} is not in models")
 
 
+_LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
+DEFAULT_HTTP_HOST = "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, `localhost`)."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # any other name may resolve beyond this machine
+
+
+def _listen(value: object, where: str) -> str:
+    """`PORT` (on 127.0.0.1), `HOST:PORT` or `[IPv6]:PORT`, normalised to `HOST:PORT`."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(to_int(1, 65535)(value, where))
+    text = to_text(value, where).strip()
+    host, port_text = DEFAULT_HTTP_HOST, text
+    if text.startswith("["):  # [::1]:8080
+        inside, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            _fail(where, f"expected [IPv6]:PORT, got {show(text)}")
+        host, port_text = inside, rest[1:]
+    elif ":" in text:
+        host, _, port_text = text.rpartition(":")
+    if not host or not re.fullmatch(r"[A-Za-z0-9._:\-]+", host):
+        _fail(where, f"expected PORT or HOST:PORT, got {show(text)}")
+    port = to_int(0, 65535)(port_text, where)  # 0: any free port (tests)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The web view, /metrics and the health endpoints (web/); off unless configured."""
+
+    listen: str = key(
+        "listen", _listen, required=True, default_doc="off", flag="--http",
+        metavar="[HOST:]PORT",
+        doc="where the web view, `/metrics`, `/healthz` and `/readyz` listen: `PORT` "
+        "(on 127.0.0.1) or `HOST:PORT`; beyond loopback `tokenFile` is required",
+    )  # fmt: skip
+    token_file: Path | None = key(
+        "tokenFile", to_path, default=None, flag="--http-token-file", metavar="FILE",
+        doc="file whose first line is the access token (Bearer, or the Basic-auth password; "
+        "at least 16 characters, never logged)",
+    )  # fmt: skip
+    history_size: int = key(
+        "historySize", to_int(1, 10_000), default=200, flag="--http-history", metavar="N",
+        doc="last inspections kept in memory for the page (with their pictures)",
+    )  # fmt: skip
+    history_max_bytes: int = key(
+        "historyMaxBytes", to_int(1 << 20, 1 << 31), default=32 << 20, default_doc="32 MiB",
+        doc="bound of the history's pictures and replies; the oldest go first",
+    )  # fmt: skip
+    images: bool = key(
+        "images", to_bool, default=True,
+        doc="keep a thumbnail, overlay and preview of each inspection (false: verdicts only)",
+    )  # fmt: skip
+    max_connections: int = key(
+        "maxConnections", to_int(1, 1000), default=32,
+        doc="open HTTP connections at once (more are answered 503)",
+    )  # fmt: skip
+
+    @property
+    def host(self) -> str:
+        """The address to bind (without IPv6 brackets)."""
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        """The TCP port (0: any free one)."""
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def loopback(self) -> bool:
+        """True when only this machine can connect."""
+        return is_loopback(self.host)
+
+    def validate_section(self, where: str) -> None:
+        if not self.loopback and self.token_file is None:
+            _fail(
+                join(where, "tokenFile"),
+                f"required when listening beyond loopback ({self.listen}): "
+                "anything reachable from the network needs a token",
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """Everything `lfv-edge serve`, `lfv-edge agent` and the Greengrass component need."""
@@ -464,6 +575,9 @@ class ServiceConfig:
     )
     agent: AgentConfig | None = key(
         "agent", to_section(AgentConfig), default=None, doc="the Edge Agent gRPC API"
+    )
+    http: HttpConfig | None = key(
+        "http", to_section(HttpConfig), default=None, doc="the web view, metrics and health"
     )
 
     def validate_section(self, where: str) -> None:
@@ -560,7 +674,8 @@ def add_config_flags(parser: argparse.ArgumentParser, paths: Sequence[str] | Non
             )  # fmt: skip
         else:
             group.add_argument(
-                spec.flag, dest=_dest(row.path), metavar=spec.metavar or "VALUE",
+                spec.flag, dest=_dest(row.path),
+                metavar=spec.metavar or (None if spec.choices else "VALUE"),
                 action="append" if spec.flag_append else "store",
                 choices=spec.choices, help=help_text,
             )  # fmt: skip
@@ -603,6 +718,7 @@ __all__ = [
     "AgentConfig",
     "AgentModelConfig",
     "Device",
+    "HttpConfig",
     "IpcConfig",
     "LimitsConfig",
     "ModelConfig",

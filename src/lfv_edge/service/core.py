@@ -21,12 +21,13 @@ inspector it was prepared for, so a model swap never mixes tensors and models.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -155,6 +156,8 @@ class Service:
         self._preparing = prepare_workers  # prepare workers still running (the last one ends)
         self._preparing_lock = threading.Lock()
         self._observers: list[InspectionObserver] = list(observers)
+        self._reloads = 0  # model loads in progress (model_reload): readiness says not ready
+        self._reloads_lock = threading.Lock()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -254,6 +257,32 @@ class Service:
             "inspector replaced: model %s %s", inspector.package.name, inspector.package.version
         )
 
+    @contextlib.contextmanager
+    def model_reload(self) -> Iterator[None]:
+        """Bracket loading a model that will replace the current one (any thread).
+
+        Meanwhile `reloading_model` is True: the web view's /readyz answers not ready, so an
+        orchestrator holds traffic while the new model loads (the old one keeps serving).
+        """
+        with self._reloads_lock:
+            self._reloads += 1
+        try:
+            yield
+        finally:
+            with self._reloads_lock:
+                self._reloads -= 1
+
+    @property
+    def reloading_model(self) -> bool:
+        """True while a `model_reload()` bracket is open."""
+        with self._reloads_lock:
+            return self._reloads > 0
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop()` began (or a fatal transport error stopped the service)."""
+        return self._stopping.is_set()
+
     def add_observer(self, observer: InspectionObserver) -> None:
         """Show every reply from now on to `observer` (before `start()`, or at any time)."""
         self._observers = [*self._observers, observer]  # replaced whole: the finish thread reads it
@@ -280,6 +309,11 @@ class Service:
     def waiting_bytes(self) -> tuple[int, int]:
         """Payload bytes of waiting requests beyond the queue: (in memory, spilled to disk)."""
         return self._inbox.memory_bytes, self._inbox.spilled_bytes
+
+    def queue_capacity(self) -> int:
+        """The request queue's size now (configuration updates may change it); requests that
+        can wait may go beyond it (`waiting_bytes`)."""
+        return self._inbox.size
 
     # --- transport threads -------------------------------------------------------------
 

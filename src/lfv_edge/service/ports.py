@@ -94,6 +94,11 @@ class Transport(Protocol):
         """Where results that answer no request go (captured frames); None if nowhere."""
         ...
 
+    @property
+    def connected(self) -> bool:
+        """True while requests can arrive and replies leave (readiness: /readyz)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class InspectionRecord:

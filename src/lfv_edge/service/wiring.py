@@ -88,15 +88,30 @@ def load_inspector(
     """
     package = read_model_package(model.path)
     threads = serving_threads(model.threads, environ) if serving else model.threads
-    inspector = Inspector.load(
-        package,
-        device=model.device,
-        threads=threads,
-        colors=model.colors,
-        threshold=model.threshold_override,
-        limits=size_limits(limits),
-        probe=model.probe,
-    )
+    if model.runtime == "onnx":
+        from lfv_edge.model.onnx_runner import load_onnx_runner
+
+        runner, choice = load_onnx_runner(
+            package, device=model.device, threads=threads, model=model.onnx_model
+        )
+        inspector = Inspector(
+            package,
+            runner,
+            device=choice,
+            colors=model.colors,
+            threshold=model.threshold_override,
+            limits=size_limits(limits),
+        )
+    else:
+        inspector = Inspector.load(
+            package,
+            device=model.device,
+            threads=threads,
+            colors=model.colors,
+            threshold=model.threshold_override,
+            limits=size_limits(limits),
+            probe=model.probe,
+        )
     inspector.model_arn = model.lookout_vision_model_arn
     logger.info("model %s %s loaded from %s", package.name, package.version, model.path)
     return inspector

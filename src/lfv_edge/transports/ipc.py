@@ -459,6 +459,11 @@ class IpcTransport:
                 return ReplyRoute(channel.results_topic, self.name, kind, None, limit)
         return None
 
+    @property
+    def connected(self) -> bool:
+        """Subscribed and the nucleus connection is up (it has no reconnect: lost is final)."""
+        return self._receiving and self._connection.lost_reason is None
+
     def publish_stats(self, payload: bytes) -> None:
         """Publish a stats snapshot to IoT Core at QoS 0 (stale stats are worth nothing offline)."""
         topic = self.config.stats_topic

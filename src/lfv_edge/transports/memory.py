@@ -35,6 +35,7 @@ class MemoryTransport:
         self._receiving = False
         self._changed = threading.Condition()
         self.closed = False
+        self.up = True  # set False to play a broker outage (readiness tests)
 
     def start(self, handler: MessageHandler, on_fatal: FatalHandler) -> None:
         self._handler, self._on_fatal = handler, on_fatal
@@ -77,6 +78,11 @@ class MemoryTransport:
 
     def results_route(self) -> ReplyRoute:
         return ReplyRoute(self.results_topic, self.name, self.name)
+
+    @property
+    def connected(self) -> bool:
+        """Started, not closed, and `up`."""
+        return self._handler is not None and self.up and not self.closed
 
     def publish_stats(self, payload: bytes) -> None:
         if self.stats_topic is not None:
