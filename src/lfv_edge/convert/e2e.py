@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lfv_edge.convert.report import EndToEnd, OutputDifference, VerdictCheck
+from lfv_edge.convert.report import EndToEnd, VerdictCheck
 from lfv_edge.convert.stage import StageModel
 from lfv_edge.convert.verify import Difference, difference
 from lfv_edge.errors import InputError, LfvEdgeError
@@ -95,14 +95,7 @@ def compare_with_dlr(
             reference = dlr[f"out{run}_{k}"]
             worst[k].append(difference(got[k], reference))
             kernels_vs_dlr.append(difference(kernels[f"out{run}_{k}"], reference))
-    shapes = stage.graph.output_shapes()
-    outputs = tuple(
-        OutputDifference(name, tuple(shape), d.max_abs, d.max_rel, d.identical)
-        for name, shape, d in (
-            (n, s, Difference.worst(w))
-            for n, s, w in zip(stage.output_names, shapes, worst, strict=True)
-        )
-    )
+    outputs = EndToEnd.per_output(stage.output_names, stage.graph.output_shapes(), worst)
     same = Difference.worst(kernels_vs_dlr)
     note = f"{what}; the converter's run of the package kernels vs DLR: " + (
         "identical" if same.identical else f"max abs {same.max_abs:.3g}"

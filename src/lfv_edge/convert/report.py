@@ -11,10 +11,11 @@ the model (`OUT.report.json`). Kernel statuses:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lfv_edge.convert.verify import KernelCheck
+from lfv_edge.convert.verify import Difference, KernelCheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,18 @@ class EndToEnd:
     reference: str
     runs: int
     outputs: tuple[OutputDifference, ...]
+
+    @staticmethod
+    def per_output(
+        names: Sequence[str], shapes: Sequence[Sequence[int]], runs: Sequence[Sequence[Difference]]
+    ) -> tuple[OutputDifference, ...]:
+        """Each output's worst difference over the runs (`runs[k]`: output k's, run by run)."""
+        return tuple(
+            OutputDifference(name, tuple(shape), d.max_abs, d.max_rel, d.identical)
+            for name, shape, d in (
+                (n, s, Difference.worst(w)) for n, s, w in zip(names, shapes, runs, strict=True)
+            )
+        )
 
     @property
     def max_abs(self) -> float:

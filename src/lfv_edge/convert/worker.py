@@ -34,7 +34,7 @@ from lfv_edge.convert.assemble import assemble_model, kernel_key
 from lfv_edge.convert.executor import BeforeNode, GraphExecutor
 from lfv_edge.convert.names import split_kernel_name
 from lfv_edge.convert.plans import KernelSpec, Plan, TensorSpec
-from lfv_edge.convert.report import ConversionReport, EndToEnd, OutputDifference
+from lfv_edge.convert.report import ConversionReport, EndToEnd
 from lfv_edge.convert.stage import StageModel, load_stage
 from lfv_edge.convert.verify import Difference, KernelCheck, KernelVerifier, difference
 from lfv_edge.errors import LfvEdgeError
@@ -261,14 +261,7 @@ def _compare_with_kernels(
         for name, value in feeds.items():
             saved[f"in{run}_{name}"] = value
     np.savez(npz, **saved)  # type: ignore[arg-type]
-    shapes = stage.graph.output_shapes()
-    outputs = tuple(
-        OutputDifference(name, tuple(shape), d.max_abs, d.max_rel, d.identical)
-        for name, shape, d in (
-            (n, s, Difference.worst(w))
-            for n, s, w in zip(stage.output_names, shapes, worst, strict=True)
-        )
-    )
+    outputs = EndToEnd.per_output(stage.output_names, stage.graph.output_shapes(), worst)
     return EndToEnd("the package's own kernels", runs, outputs)
 
 
