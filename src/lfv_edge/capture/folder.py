@@ -111,6 +111,7 @@ class FolderSource:
         self._on_error = on_error
         self._processing = config.path / PROCESSING
         self._seen: dict[str, _Seen] = {}
+        self._ready: list[tuple[int, str]] = []  # settled at the last scan, not claimed yet
         self._claims: dict[int, _Claim] = {}  # by Sequence
         self._retry: list[_Claim] = []
         self._finished: queue.SimpleQueue[InspectionRecord | None] = queue.SimpleQueue()
@@ -194,6 +195,8 @@ class FolderSource:
             try:
                 if record is not None:
                     self._complete(record)
+                    if not stopping:
+                        self._claim_ready()  # a slot is free: the next settled file goes now
                 elif not stopping and time.monotonic() >= next_scan:
                     self._resubmit_busy()
                     self._scan()
@@ -219,7 +222,7 @@ class FolderSource:
         config = self.config
         now = time.monotonic()
         present: set[str] = set()
-        ready: list[tuple[int, str]] = []
+        ready: list[tuple[int, str]] = []  # (mtime_ns, name)
         with os.scandir(config.path) as entries:
             for entry in entries:
                 name = entry.name
@@ -246,9 +249,20 @@ class FolderSource:
                 ready.append((stat.st_mtime_ns, name))
         for name in [n for n in self._seen if n not in present]:
             del self._seen[name]
-        for mtime_ns, name in sorted(ready):  # oldest first: arrival order
-            if not self.intake.has_slot():
-                break
+        self._ready = sorted(ready)  # oldest first: arrival order
+        self._claim_ready()
+
+    def _claim_ready(self) -> None:
+        """Claim settled files, oldest first, while this source has free slots."""
+        while self._ready and self.intake.has_slot():
+            mtime_ns, name = self._ready.pop(0)
+            seen = self._seen.get(name)
+            try:
+                stat = (self.config.path / name).stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if seen is None or seen.signature != (stat.st_size, stat.st_mtime_ns, stat.st_ino):
+                continue  # written again since the scan: it settles anew
             self._claim(name, mtime_ns / 1e9)
 
     def _claim(self, name: str, mtime: float) -> None:
@@ -322,6 +336,9 @@ class FolderSource:
 
     def _recover_interrupted(self) -> None:
         """Files an earlier run claimed and did not finish: failed/, code Interrupted."""
+        for folder in (self.config.done, self.config.failed):
+            for temporary in folder.glob(".*.json.tmp"):  # a sidecar cut short by a crash
+                temporary.unlink(missing_ok=True)
         for path in sorted(self._processing.iterdir()):
             name = path.name.split("~", 1)[1] if "~" in path.name else path.name
             message = ("in flight when the service stopped; not inspected again (its verdict "

@@ -235,7 +235,8 @@ class CaptureSources:
             source.start()
             running[source_config.id] = source
             self._sources = dict(running)
-            self._status(source.status_fields())
+            if isinstance(source, FolderSource):  # cameras report their own changes
+                self._status(source.status_fields())
         topics: dict[str, list[str]] = {}
         for source_config in config.sources:
             if isinstance(source_config, CameraSourceConfig):

@@ -687,9 +687,10 @@ class ServiceConfig:
                 _fail(f"{at}.keep", f"{source.keep.value}: set capture.keep.dir (where to keep)")
             if isinstance(source, CameraSourceConfig):
                 triggered = self.trigger_topic_of(source) is not None
-                if not (source.fps > 0 or source.interval_s > 0 or triggered):
-                    _fail(at, "a camera needs fps, intervalS or a trigger topic "
-                          "(triggerTopic, or capture.triggerTopic)")  # fmt: skip
+                replayed = source.replay is Replay.EVERY_FRAME
+                if not (source.fps > 0 or source.interval_s > 0 or triggered or replayed):
+                    _fail(at, "a camera needs fps, intervalS or a trigger topic (triggerTopic, "
+                          "or capture.triggerTopic); a video file may replay every_frame")  # fmt: skip
         folders = [(i, s) for i, s in enumerate(self.sources) if isinstance(s, FolderSourceConfig)]
         for index, folder in folders:
             for other_index, other in folders:
