@@ -152,7 +152,8 @@ def test_500_files_each_inspected_exactly_once(
 def test_completeness_and_names() -> None:
     png = _image(1, jpeg=False)
     jpeg = _image(2, jpeg=True)
-    assert _complete_bytes(png) and _complete_bytes(jpeg), "whole files are complete"
+    assert _complete_bytes(png), "a whole PNG is complete"
+    assert _complete_bytes(jpeg), "a whole JPEG is complete"
     assert not _complete_bytes(png[:-20]), "a PNG without IEND is still being written"
     assert not _complete_bytes(jpeg[:-2]), "a JPEG without EOI is still being written"
     assert _complete_bytes(jpeg + b"\0" * 16), "padding after EOI is tolerated"

@@ -23,7 +23,7 @@ SIZE = (240, 320)  # (height, width): small frames, the verdict does not need 10
 
 def _write_video(path: Path) -> tuple[list[NDArray[np.uint8]], list[bool]]:
     """FFV1 (lossless) at 10 fps: the decoded frames are exactly the generated images."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 10, SIZE[::-1])
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"FFV1"), 10, SIZE[::-1])
     assert writer.isOpened(), "OpenCV's FFmpeg writes FFV1"
     frames, defects = [], []
     for sample in generate_dataset(FRAMES, seed=11, split="test", size=SIZE):
@@ -75,10 +75,12 @@ def test_replayed_video_verdicts_match_the_demo_package_on_the_same_frames(
         reply = json.loads(sidecar.read_text())
         assert reply["DetectAnomalyResult"]["IsAnomalous"] is True, sidecar
         original = cv2.imread(str(sidecar.with_name(sidecar.name.replace(".json", ".png"))))
+        assert original is not None, "the original is kept"
         index = reply["Capture"]["FrameIndex"]
-        assert np.array_equal(original, frames[index]), "the original is kept losslessly"
+        assert np.array_equal(original, frames[index]), "… losslessly"
         overlay = cv2.imread(str(sidecar.with_name(sidecar.name.replace(".json", ".overlay.png"))))
-        assert overlay is not None and overlay.shape[1] == SIZE[1], "an overlay picture"
+        assert overlay is not None, "an overlay picture"
+        assert overlay.shape[1] == SIZE[1], "as wide as the frame"
 
 
 def test_realtime_replay_paces_at_the_file_frame_rate_and_loops(
@@ -87,13 +89,8 @@ def test_realtime_replay_paces_at_the_file_frame_rate_and_loops(
     # given a 10 fps video replayed in real time, looped, free-running at 4 inspections a second
     video = tmp_path / "line.mkv"
     _write_video(video)
-    run = capture_run(
-        {
-            "sources": [
-                {"type": "camera", "id": "loop", "url": str(video), "fps": "4", "loop": True}
-            ]
-        }  # fmt: skip
-    )
+    source = {"type": "camera", "id": "loop", "url": str(video), "fps": "4", "loop": True}
+    run = capture_run({"sources": [source]})
     # when it runs past the end of the 2.4 s file
     wait_until(run.transport, lambda _: any(
         r["Capture"]["FrameIndex"] >= FRAMES + 4 for r in results(run.transport)

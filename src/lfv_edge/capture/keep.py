@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lfv_edge.errors import CaptureError
 from lfv_edge.inspection.imaging import encode_png
 from lfv_edge.inspection.overlay import render_overlay
 from lfv_edge.service.config import KeepPolicy, KeepStoreConfig
@@ -83,8 +84,16 @@ class ImageKeeper:
         self.deleted = 0
 
     def start(self) -> None:
-        """Create the folder, index what earlier runs kept, start the writer."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Create the folder, index what earlier runs kept, start the writer.
+
+        Raises:
+            CaptureError: the folder cannot be created.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            msg = f"capture.keep.dir: cannot create {self.root}: {exc.strerror or exc}"
+            raise CaptureError(msg) from exc
         self._index()
         self._enforce(0)
         self._thread = threading.Thread(target=self._loop, name="lfv-keep", daemon=True)

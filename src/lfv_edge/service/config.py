@@ -694,7 +694,7 @@ class ServiceConfig:
         folders = [(i, s) for i, s in enumerate(self.sources) if isinstance(s, FolderSourceConfig)]
         for index, folder in folders:
             for other_index, other in folders:
-                if other_index != index and folder.path.resolve() == other.path.resolve():
+                if other_index < index and folder.path.resolve() == other.path.resolve():
                     _fail(f"sources[{index}].path", f"also sources[{other_index}]'s folder")
 
     def trigger_topic_of(self, source: CameraSourceConfig) -> str | None:
