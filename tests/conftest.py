@@ -6,6 +6,7 @@ Tiers (markers, applied here at collection, so no test file has to remember them
   their folder runs serve against one: mqtt/, reliability/);
 * `dlr`: needs the real CPU `libdlr.so` (tests that reach the `cpu_libdlr` fixture, e.g.
   through `make_package`, and the folders whose tests run models in child processes);
+* `capture`: starts camera feeds (the `rtsp_feed`/`mjpeg_feed` fixtures of capture/);
 * neither: the fast tier, `scripts/test --fast` (`-m "not dlr and not broker"`).
 
 The real CPU `libdlr.so` must be installed (scripts/setup does it): a missing runtime is a
@@ -33,11 +34,14 @@ FOLDER_TIERS: dict[str, tuple[str, ...]] = {
     "agent": ("dlr",),
     "cli": ("dlr",),
     "modelbuild": ("dlr",),
+    "capture": ("dlr",),  # the demo package runs in-process
 }
 FIXTURE_TIERS: dict[str, tuple[str, ...]] = {
     "broker": ("broker",),
     "tls_broker": ("broker",),
     "cpu_libdlr": ("dlr",),
+    "rtsp_feed": ("capture",),
+    "mjpeg_feed": ("capture",),
 }
 _TESTS = Path(__file__).resolve().parent
 

@@ -852,7 +852,8 @@ class MqttTransport:
             connected = self._connected
         if not known:
             return
-        self._client.message_callback_remove(topic)
+        # Not removed: a message already on its way would fall through to the request handler.
+        self._client.message_callback_add(topic, _drop_message)
         if connected:
             self._client.unsubscribe(topic)
 
@@ -875,6 +876,12 @@ class MqttTransport:
             body["Reason"] = reason
         body.update(self._status_fields)
         return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _drop_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+    """A topic unsubscribed with `unsubscribe_topic`: late messages on it are dropped."""
+    if message.qos > 0:
+        client.ack(message.mid, message.qos)
 
 
 def _no_delay(client: paho.Client, userdata: object, sock: object) -> None:
