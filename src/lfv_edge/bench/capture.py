@@ -39,7 +39,6 @@ from lfv_edge.bench.timing import percentiles
 from lfv_edge.errors import LfvEdgeError
 
 CAMERA_FPS = 30
-_FRAMES = 8  # distinct 1080p frames the feed loops over
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +50,12 @@ class CaptureOptions:
     free_running_s: float = 30.0
     bare_runs: int = 200
     probe_s: float = 15.0
+    frames: int = 8  # distinct 1080p frames the camera loops over
 
     @classmethod
     def quick(cls) -> CaptureOptions:
-        return cls(triggers=8, warmup_triggers=2, free_running_s=3.0, bare_runs=10, probe_s=2.0)
+        return cls(triggers=8, warmup_triggers=2, free_running_s=3.0, bare_runs=10, probe_s=2.0,
+                   frames=2)  # fmt: skip
 
 
 @dataclass
@@ -93,7 +94,7 @@ def measure_capture(
     progress: Callable[[str], None] = lambda _: None,
 ) -> CaptureFigures:
     """Run the selected capture figures (c1–c4) with a 1080p MJPEG camera."""
-    frames = write_line_frames(work / "frames-1080p", _FRAMES, FULL_HD)
+    frames = write_line_frames(work / "frames-1080p", options.frames, FULL_HD)
     feed = MjpegFeed(frames.folder, CAMERA_FPS)
     result = CaptureFigures(
         label, f"HTTP MJPEG {FULL_HD[1]}×{FULL_HD[0]} q92 at {CAMERA_FPS} fps (synthetic_line)"
