@@ -119,7 +119,7 @@ def _capture_rows(capture: Mapping[str, Any] | None) -> list[tuple[str, str, str
                     _met(age["p99"] <= age["frame_interval"])))  # fmt: skip
     free = capture.get("c3_free_running") or {}
     if free:
-        out.append(("C3 free-running at 30 fps vs bare model",
+        out.append(("C3 free-running at 30 fps ÷ bare model loop",
                     f"{free['ratio_to_bare']:.3f} ({free['inspections_per_s']:.1f}/s vs "
                     f"{free['bare_model_per_s']:.1f}/s, {free['dropped_total']} dropped)",
                     "—", "—"))  # fmt: skip
