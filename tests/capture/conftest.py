@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -132,15 +131,3 @@ def mjpeg_feed(line_frames: LineFrames) -> Iterator[MjpegFeed]:
     feed = MjpegFeed(line_frames.folder, 20)
     yield feed
     feed.stop()
-
-
-class Waiter:
-    """A threading.Event per name, for tests that wait on callbacks."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def event(self, name: str) -> threading.Event:
-        with self._lock:
-            return self._events.setdefault(name, threading.Event())

@@ -4,12 +4,16 @@ inspections resume. Frames are production-line images (synthetic_line)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lfv_edge.bench.feeds import MjpegFeed, RtspFeed
 from lfv_edge.capture import CaptureSources
+from lfv_edge.capture.stream import VideoStream
+from lfv_edge.errors import CaptureError
+from lfv_edge.service.config import CameraSourceConfig
 from tests.capture.conftest import CaptureRunFactory, results, statuses, wait_until
 
 pytestmark = pytest.mark.capture
@@ -95,3 +99,19 @@ def test_a_camera_that_never_answers_is_retried_without_stopping_the_service(
     capture = next(c for c in run.companions if isinstance(c, CaptureSources))
     wait_until(run.transport, lambda _: int(str(capture.source("gone").status_fields()["Reconnects"])) >= 2,
                "two reconnect attempts")  # fmt: skip
+
+
+def test_opening_what_is_not_there_says_what_was_tried(tmp_path: Path) -> None:
+    for url, expected in (
+        ("/dev/video63", "cannot open /dev/video63"),
+        (str(tmp_path / "missing.mkv"), "no video file at"),
+        (
+            "rtsp://operator:hunter2@127.0.0.1:9/cam",
+            "cannot open rtsp://operator:***@127.0.0.1:9/cam",
+        ),
+    ):
+        config = CameraSourceConfig(id="c", url=url, fps=1.0, open_timeout_s=1.0)
+        with pytest.raises(CaptureError) as raised:
+            VideoStream.open(config)
+        assert expected in str(raised.value), str(raised.value)
+        assert "hunter2" not in str(raised.value), "passwords never reach messages"
