@@ -8,6 +8,7 @@ Tiers (markers, applied here at collection, so no test file has to remember them
   through `make_package`, and the folders whose tests run models in child processes);
 * `gpu`: needs an NVIDIA GPU and a CUDA build of libdlr.so (tests that reach the
   `gpu_libdlr` fixture of gpu/, which skips them elsewhere);
+* `capture`: starts camera feeds (the `rtsp_feed`/`mjpeg_feed` fixtures of capture/);
 * neither: the fast tier, `scripts/test --fast` (`-m "not dlr and not broker"`).
 
 The real CPU `libdlr.so` must be installed (scripts/setup does it): a missing runtime is a
@@ -35,6 +36,7 @@ FOLDER_TIERS: dict[str, tuple[str, ...]] = {
     "agent": ("dlr",),
     "cli": ("dlr",),
     "modelbuild": ("dlr",),
+    "capture": ("dlr",),  # the demo package runs in-process
 }
 FIXTURE_TIERS: dict[str, tuple[str, ...]] = {
     "broker": ("broker",),
@@ -42,6 +44,8 @@ FIXTURE_TIERS: dict[str, tuple[str, ...]] = {
     "cpu_libdlr": ("dlr",),
     "gpu_libdlr": ("gpu", "dlr"),
     "browser": ("browser",),
+    "rtsp_feed": ("capture",),
+    "mjpeg_feed": ("capture",),
 }
 _TESTS = Path(__file__).resolve().parent
 

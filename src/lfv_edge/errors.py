@@ -8,7 +8,8 @@
     ├── RuntimeProvisionError       the CPU libdlr.so could not be fetched or verified
     ├── InputError           a request or image is unusable; carries a stable error code
     ├── InferenceError       the model failed while running
-    └── TransportError       publish/subscribe failed
+    ├── TransportError       publish/subscribe failed
+    └── CaptureError         a camera or video cannot be opened or read (the source reconnects)
 
 `InputError.code` values are part of the wire contract (see messages.py and the README).
 """
@@ -63,3 +64,7 @@ class InferenceError(LfvEdgeError):
 
 class TransportError(LfvEdgeError):
     """A message could not be published or a subscription could not be made."""
+
+
+class CaptureError(LfvEdgeError):
+    """A capture source cannot open or read its camera, stream or video file."""

@@ -1,6 +1,8 @@
 """What runs beside the service in a serving process: the one place `serve` and the component build it.
 
-    ServiceConfig ─build_companions─▶ [AgentServer (agent section), …, WebView (http section)]
+    ServiceConfig ─build_companions─▶ [AgentServer (agent section),
+                                       CaptureSources (sources list, capture section),
+                                       WebView (http section)]
         each started after the service, stopped before it (so what they hand the service
         is still answered), each built by its own package's factory from the configuration
 
@@ -57,6 +59,10 @@ def build_companions(
             else None
         )
         companions.append(AgentServer.from_service_config(config, on_verdict=on_verdict))
+    if config.sources:
+        from lfv_edge.capture import CaptureSources
+
+        companions.append(CaptureSources.from_config(config, service, transport, environ))
     if config.http is not None:
         from lfv_edge.web.backends import SourceStatus
         from lfv_edge.web.view import WebView
@@ -65,6 +71,37 @@ def build_companions(
         sources = [c for c in companions if isinstance(c, SourceStatus)]
         companions.append(WebView.for_service(config.http, service, sources=sources))
     return companions
+
+
+def reconfigure_companions(
+    companions: Sequence[Companion],
+    config: ServiceConfig,
+    service: Service,
+    transport: Transport,
+    environ: Mapping[str, str] = os.environ,
+) -> list[Companion]:
+    """Hand a new configuration to the companions that take one; start capture sources that
+    appear (the first `sources` entry of a live update). Returns the companions now running."""
+    from lfv_edge.capture import CaptureSources
+    from lfv_edge.errors import LfvEdgeError
+
+    running = list(companions)
+    for companion in running:
+        if isinstance(companion, CaptureSources):
+            try:
+                companion.reconfigure(config)
+            except LfvEdgeError as exc:
+                logger.error("capture sources not fully applied: %s", exc)
+    if config.sources and not any(isinstance(c, CaptureSources) for c in running):
+        capture = CaptureSources.from_config(config, service, transport, environ)
+        try:
+            capture.start()
+        except LfvEdgeError as exc:
+            logger.error("capture sources not started: %s", exc)
+            capture.stop(5.0)
+        else:
+            running.append(capture)
+    return running
 
 
 def start_companions(companions: Sequence[Companion]) -> None:

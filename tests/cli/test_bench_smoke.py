@@ -46,7 +46,13 @@ def test_quick_bench_reports_every_figure(make_package: PackageFactory, tmp_path
     )
     assert report["p4"]["rss_steady_mb"] > 0, "serve's RSS was read"
     assert report["p5"]["first_reply_s"]["count"] == 1, "one quick cold start"
-    for name in ("P1a", "P2", "P3", "P4", "P5"):
+    capture = report["capture"]
+    assert capture["c1_trigger_to_verdict_ms"]["count"] == 8, "every quick trigger answered"
+    assert capture["c2_frame_age_ms"]["p50"] >= 0, "frame ages were reported"
+    assert capture["c3_free_running"]["errors"] == 0, "free-running verdicts, no errors"
+    assert capture["c3_free_running"]["inspections_per_s"] > 0, "free-running inspected"
+    assert capture["c4_capture_cpu"][0]["frames_per_s"] > 0, "the capture probe read frames"
+    for name in ("P1a", "P2", "P3", "P4", "P5", "C1", "C2", "C3", "C4"):
         assert name in run.stdout, f"the printed table has a {name} row:\n{run.stdout}"
 
 

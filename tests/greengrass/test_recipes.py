@@ -215,7 +215,7 @@ def test_inspector_default_configuration_is_what_parse_config_accepts() -> None:
                if isinstance(value, int | float) and not isinstance(value, bool)]  # fmt: skip
     assert numbers == [], f"numbers are strings, as Greengrass advises: {numbers}"
     for key in ("model", "ipc", "imageRoots", "queue", "limits", "results", "statsIntervalS",
-                "logLevel", "accessControl"):  # fmt: skip
+                "logLevel", "sources", "capture", "accessControl"):  # fmt: skip
         assert key in defaults, f"DefaultConfiguration documents {key}"
 
 
@@ -229,6 +229,14 @@ def required_grants(defaults: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         (MQTT_PROXY_SERVICE, "aws.greengrass#PublishToIoTCore", ipc.get("iotCoreResultsTopic")),
         (MQTT_PROXY_SERVICE, "aws.greengrass#PublishToIoTCore", ipc.get("statsTopic")),
     ]
+    # Capture: trigger topics are local subscriptions, source status goes where verdicts go
+    # (local pub/sub when localResultsTopic is set).
+    capture = defaults.get("capture") or {}
+    triggers = [capture.get("triggerTopic")] + [
+        source.get("triggerTopic") for source in defaults.get("sources") or []
+    ]
+    wanted += [(PUBSUB_SERVICE, "aws.greengrass#SubscribeToTopic", t) for t in triggers]
+    wanted.append((PUBSUB_SERVICE, "aws.greengrass#PublishToTopic", capture.get("statusTopic")))
     return [(s, o, t.replace("{thingName}", THING)) for s, o, t in wanted if t]
 
 

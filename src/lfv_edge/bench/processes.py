@@ -136,15 +136,20 @@ class Reply:
 class BenchClient:
     """Publishes requests, records replies, stats snapshots and status messages."""
 
-    def __init__(self, port: int, prefix: str, *, max_outstanding: int = 64) -> None:
+    def __init__(
+        self, port: int, prefix: str, *, max_outstanding: int = 64, keep_bodies: bool = False
+    ) -> None:
         self.prefix = prefix
         self.requests_topic = f"{prefix}/requests"
         self.results_topic = f"{prefix}/results"
         self.status_topic = f"{prefix}/status"
         self.stats_topic = f"{prefix}/stats"
         self.replies: dict[str, Reply] = {}
+        self.bodies: dict[str, dict[str, object]] = {}  # whole replies, with keep_bodies
+        self._keep_bodies = keep_bodies
         self.stats: list[dict[str, object]] = []
         self.status: list[tuple[float, dict[str, object]]] = []
+        self.other: dict[str, list[tuple[float, dict[str, object]]]] = {}  # subscribe_other's
         self.changed = threading.Condition()
         # Bounds the publishes paho holds in memory (a 10,000-request burst of 460 KB bodies
         # would otherwise sit in this process): publish() waits for a slot.
@@ -158,6 +163,7 @@ class BenchClient:
         self.client.max_inflight_messages_set(max_outstanding)
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
+        self.client.on_socket_open = _no_delay  # as serve's transport: no Nagle delay on acks
         self.client.connect("127.0.0.1", port)
         for topic in (self.results_topic, self.status_topic, self.stats_topic):
             self.client.subscribe(topic, qos=1)
@@ -176,10 +182,14 @@ class BenchClient:
                 self.replies[str(body.get("RequestId"))] = Reply(
                     now, error.get("Code") if error else None, timings.get("run")
                 )
+                if self._keep_bodies:
+                    self.bodies[str(body.get("RequestId"))] = body
             elif message.topic == self.stats_topic:
                 self.stats.append(body)
             elif message.topic == self.status_topic:
                 self.status.append((now, body))
+            elif message.topic in self.other:
+                self.other[message.topic].append((now, body))
             self.changed.notify_all()
 
     def publish(self, request_id: str, payload: bytes) -> float:
@@ -189,6 +199,21 @@ class BenchClient:
             raise LfvEdgeError(msg)
         sent = time.perf_counter()
         self.client.publish(self.requests_topic, payload, qos=1)
+        return sent
+
+    def subscribe_other(self, topic: str) -> None:
+        """Also record the JSON messages of `topic` (in `other[topic]`, with arrival times)."""
+        with self.changed:
+            self.other.setdefault(topic, [])
+        self.client.subscribe(topic, qos=1)
+
+    def publish_to(self, topic: str, payload: bytes) -> float:
+        """Publish one message at QoS 0 (a trigger); returns the perf_counter just before."""
+        if not self._slots.acquire(timeout=REPLY_TIMEOUT_S):  # on_publish releases it
+            msg = "paho stopped writing messages"
+            raise LfvEdgeError(msg)
+        sent = time.perf_counter()
+        self.client.publish(topic, payload, qos=0)
         return sent
 
     def wait(self, predicate: Callable[[], bool], timeout_s: float = REPLY_TIMEOUT_S) -> None:
@@ -207,6 +232,11 @@ class BenchClient:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def _no_delay(client: paho.Client, userdata: object, sock: object) -> None:
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 # --- lfv-edge serve ------------------------------------------------------------------------

@@ -136,6 +136,38 @@ def rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
                 _met(p5["met"]),
             )
         )
+    out += _capture_rows(report.get("capture"))
+    return out
+
+
+def _capture_rows(capture: Mapping[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    if not capture:
+        return []
+    out: list[tuple[str, str, str, str]] = []
+    latency = capture.get("c1_trigger_to_verdict_ms") or {}
+    if latency:
+        out.append(("C1 trigger → verdict (1080p camera, MQTT)",
+                    f"p50 {latency['p50']:.1f} / p99 {latency['p99']:.1f} ms", "—", "—"))  # fmt: skip
+    age = capture.get("c2_frame_age_ms") or {}
+    if age:
+        out.append(("C2 frame age at hand-over",
+                    f"p50 {age['p50']:.1f} / p99 {age['p99']:.1f} / max {age['max']:.1f} ms",
+                    f"≤ {age['frame_interval']:.0f} ms (one frame)",
+                    _met(age["p99"] <= age["frame_interval"])))  # fmt: skip
+    free = capture.get("c3_free_running") or {}
+    if free:
+        out.append(("C3 free-running at 30 fps ÷ bare model loop",
+                    f"{free['ratio_to_bare']:.3f} ({free['inspections_per_s']:.1f}/s vs "
+                    f"{free['bare_model_per_s']:.1f}/s, {free['dropped_total']} dropped)",
+                    "—", "—"))  # fmt: skip
+    for probe in capture.get("c4_capture_cpu") or []:
+        if "skipped" in probe:
+            out.append((f"C4 capture CPU, {probe['camera']}", "skipped", "—", "—"))
+            continue
+        out.append((f"C4 capture CPU, {probe['camera']}",
+                    f"{probe['cpu_percent_of_one_core']:.1f} % of a core "
+                    f"({probe['frames_per_s']:.1f} fps, {probe['cpu_ms_per_frame']:.1f} ms/frame)",
+                    "—", "—"))  # fmt: skip
     return out
 
 

@@ -18,11 +18,12 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lfv_edge.bench import footprint, gpu, preprocessing, throughput
+from lfv_edge.bench.capture import CaptureOptions, measure_capture
 from lfv_edge.bench.inputs import (
     FULL_HD,
     RequestKind,
@@ -42,7 +43,8 @@ from lfv_edge.modelbuild.package import NetworkChoice
 
 logger = logging.getLogger(__name__)
 
-FIGURES = ("p1", "p2", "p3", "p4", "p5")
+FIGURES = ("p1", "p2", "p3", "p4", "p5", "c1", "c2", "c3", "c4")
+CAPTURE_FIGURES = ("c1", "c2", "c3", "c4")
 OPTIONAL_FIGURES = ("gpu",)  # run only when named: needs a GPU
 
 
@@ -67,7 +69,8 @@ class BenchOptions:
     p4_burst: int = 10_000
     p5_repetitions: int = 20
     p5_warmup: int = 1
-    model: Path | None = None  # P4/P5 package; default: the demo package or a builder one
+    capture: CaptureOptions = field(default_factory=CaptureOptions)  # C1–C4
+    model: Path | None = None  # P4/P5 and C1–C4 package; default: the demo package or a builder one
     keep: Path | None = None  # keep the work folder (packages, logs) here
     gpu_libdlr: Path | None = None  # G: the CUDA build of libdlr.so for the GPU packages
     gpu_networks: tuple[NetworkChoice, ...] = ("reference",)
@@ -102,6 +105,7 @@ class BenchOptions:
             "gpu_batch": 12,
             "gpu_window": 6,
             "gpu_prep_count": 6,
+            "capture": CaptureOptions.quick(),
         }
         values.update(changes)
         return cls(**values)
@@ -145,6 +149,8 @@ def run_bench(
             "gpu_window": options.gpu_window,
             "serve_args": list(options.serve_args),
             "gpu_prepare_workers": options.gpu_prepare_workers,
+            "c1_triggers": options.capture.triggers,
+            "c3_window_s": options.capture.free_running_s,
         },
     }
     work = Path(tempfile.mkdtemp(prefix="lfv-edge-bench-"))
@@ -155,7 +161,7 @@ def run_bench(
             report["p1"] = preprocessing.measure_preprocessing(
                 repetitions=options.p1_repetitions, warmup=options.p1_warmup
             ).to_dict()
-        needs_broker = {"p2", "p3", "p4", "p5", "gpu"} & set(options.figures)
+        needs_broker = {"p2", "p3", "p4", "p5", "gpu", *CAPTURE_FIGURES} & set(options.figures)
         if needs_broker:
             broker = Mosquitto(work)
             jpeg1080, jpeg1000, frame1000, image = _kinds(work)
@@ -192,6 +198,13 @@ def run_bench(
                         package, label, jpeg1080, broker, work, threads=options.threads,
                         repetitions=options.p5_repetitions, warmup=options.p5_warmup,
                     ).to_dict()  # fmt: skip
+            capture = tuple(f for f in CAPTURE_FIGURES if f in options.figures)
+            if capture:
+                package, label = _footprint_package(options, work)
+                report["capture"] = measure_capture(
+                    package, label, broker, work, threads=options.threads, figures=capture,
+                    options=options.capture, progress=progress,
+                ).to_dict()  # fmt: skip
     finally:
         if broker is not None:
             broker.stop()

@@ -1,4 +1,4 @@
-"""`lfv-edge bench`: measure P1–P5 (docs/performance.md) on this machine; table + JSON.
+"""`lfv-edge bench`: measure P1–P5 (docs/performance.md) and C1–C4 (docs/capture.md); table + JSON.
 
 Starts its own mosquitto and `serve` processes; takes minutes (`--quick`: seconds, a smoke
 test whose numbers mean nothing). docs/performance.md has the figures and how to read them.
@@ -16,7 +16,7 @@ from lfv_edge.commands import Subparsers
 if TYPE_CHECKING:
     from lfv_edge.bench import BenchOptions
 
-_FIGURES = ("p1", "p2", "p3", "p4", "p5")
+_FIGURES = ("p1", "p2", "p3", "p4", "p5", "c1", "c2", "c3", "c4")
 _OPTIONAL = ("gpu",)  # only when named: needs an NVIDIA GPU, nvcc and a CUDA libdlr.so
 
 
@@ -24,7 +24,8 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
     """Add `bench` to the `lfv-edge` sub-commands."""
     parser = commands.add_parser(
         "bench",
-        help="measure pre-processing, throughput, latency, memory and cold start (P1–P5)",
+        help="measure pre-processing, throughput, latency, memory, cold start (P1–P5) and "
+        "capture (C1–C4)",
         description="Measure the figures of docs/performance.md side by side with their references, "
         "interleaved, and print a table; the full report goes to --out as JSON.",
     )
@@ -42,7 +43,8 @@ def register(commands: Subparsers[argparse.ArgumentParser]) -> None:
         "--model",
         type=Path,
         metavar="PACKAGE",
-        help="package for P4/P5 (default: the demo package, else a builder segmentation one)",
+        help="package for P4/P5 and C1–C4 (default: the demo package, else a builder "
+        "segmentation one)",
     )
     parser.add_argument(
         "--threads", type=int, help="TVM threads for serve and the bare loop (default: serve's)"

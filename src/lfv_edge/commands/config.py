@@ -41,7 +41,9 @@ def _run(args: argparse.Namespace) -> int:
             raise
         print(json.dumps({"Valid": False, "Key": exc.key, "Message": str(exc)}))
         return 2
-    sections = [name for name in ("model", "mqtt", "ipc", "agent") if getattr(config, name)]
+    sections = [
+        name for name in ("model", "mqtt", "ipc", "agent", "sources") if getattr(config, name)
+    ]
     if args.json:
         print(json.dumps({"Valid": True, "Sections": sections}))
     else:

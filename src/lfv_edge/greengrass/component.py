@@ -6,7 +6,7 @@ serve requests over IPC, report RUNNING, apply configuration updates live, and s
     start: IPC connect → GetConfiguration → parse_config → load the model → Service + IpcTransport
            → SubscribeToConfigurationUpdate / SubscribeToValidateConfigurationUpdates → RUNNING
     live:  one event per changed leaf → ~1 s of quiet → GetConfiguration → apply between messages
-           (topics: resubscribe; threshold, colours, limits: a new Inspector sharing the runner;
+           (topics: resubscribe; capture sources: changed ones restart; threshold, colours, limits: a new Inspector sharing the runner;
            model path or device: a fresh Inspector, swapped in while the old one finishes what it
            prepared; image roots, queue size, masks: `Service.update_settings`)
     stop:  SIGTERM → stop receiving, answer everything received, exit 0
@@ -345,6 +345,12 @@ class GreengrassComponent:
             except TransportError as exc:
                 logger.error("topics not changed: %s", exc)
             effective = dataclasses.replace(effective, ipc=transport.config)
+        if (new.sources, new.capture, new.ipc) != (old.sources, old.capture, old.ipc):
+            from lfv_edge.host import reconfigure_companions
+
+            self._companions = reconfigure_companions(
+                self._companions, effective, service, transport, self._environ
+            )
         self._config = effective
         self.applied += 1
         logger.info("configuration applied (update %d)", self.applied)

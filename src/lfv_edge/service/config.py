@@ -78,6 +78,8 @@ from lfv_edge.service.schema import (
     to_section,
     to_text,
     to_topic,
+    to_variant_list,
+    variant_row_parts,
 )
 
 Device = Literal["auto", "cpu", "gpu"]
@@ -533,6 +535,248 @@ class HttpConfig:
             )
 
 
+# --- capture sources (lfv_edge.capture; docs/capture.md) -----------------------------------
+
+_SOURCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_VIDEO_DEVICE = re.compile(r"/dev/video[0-9]+")
+_STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
+
+
+class KeepPolicy(str, enum.Enum):
+    """Which inspected images a capture source keeps (original, overlay, verdict JSON)."""
+
+    ALL = "all"
+    ANOMALOUS = "anomalous"
+    NONE = "none"
+
+
+class TriggerFrame(str, enum.Enum):
+    """Which frame a trigger inspects."""
+
+    LATEST = "latest"  # the freshest frame already decoded: no wait
+    NEXT = "next"  # the first frame decoded after the trigger: waits up to one frame interval
+
+
+class Replay(str, enum.Enum):
+    """How a video file is read."""
+
+    REALTIME = "realtime"  # at the file's own frame rate, like a camera (frames can be skipped)
+    EVERY_FRAME = "every_frame"  # each frame inspected once, as fast as the model goes
+
+
+def _source_id(value: object, where: str) -> str:
+    text = to_text(value, where)
+    if not _SOURCE_ID.fullmatch(text):
+        _fail(where, f"letters, digits, _ . - (1–64, not starting with . - _), got {show(text)}")
+    return text
+
+
+def _keep(value: object, where: str) -> KeepPolicy:
+    return KeepPolicy(to_choice([p.value for p in KeepPolicy])(value, where))
+
+
+def _trigger_frame(value: object, where: str) -> TriggerFrame:
+    return TriggerFrame(to_choice([p.value for p in TriggerFrame])(value, where))
+
+
+def _replay(value: object, where: str) -> Replay:
+    return Replay(to_choice([p.value for p in Replay])(value, where))
+
+
+def camera_kind(url: str) -> Literal["device", "stream", "file"]:
+    """`device` (/dev/videoN), `stream` (rtsp://, http://, …) or `file` (a path or file://)."""
+    if _VIDEO_DEVICE.fullmatch(url):
+        return "device"
+    if urlsplit(url).scheme.lower() in _STREAM_SCHEMES:
+        return "stream"
+    return "file"
+
+
+def _camera_url(value: object, where: str) -> str:
+    url = to_text(value, where).strip()
+    scheme = urlsplit(url).scheme.lower()
+    if not url or "\0" in url:
+        _fail(where, "expected /dev/videoN, an rtsp:// or http:// URL, or a video file")
+    if scheme and len(scheme) > 1 and scheme not in (*_STREAM_SCHEMES, "file"):
+        _fail(where, f"unsupported scheme {scheme!r} (rtsp, rtsps, http, https, file)")
+    if url.startswith("/dev/") and not _VIDEO_DEVICE.fullmatch(url):
+        _fail(where, f"expected a V4L2 device /dev/videoN, got {show(url)}")
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class FolderSourceConfig:
+    """A hot folder: every new image file is inspected once, then moved to done/ or failed/."""
+
+    id: str = key(
+        "id", _source_id, required=True, doc="source id (in replies, kept files, triggers)"
+    )
+    path: Path = key(
+        "path", to_path, required=True, flag="--watch", metavar="DIR",
+        doc="the watched folder; files written under a hidden or `.part`/`.tmp` name are skipped until renamed",
+    )  # fmt: skip
+    done_dir: Path | None = key(
+        "doneDir", to_path, default=None, default_doc="`<path>/done`",
+        doc="inspected files go here, each with a `.json` sidecar",
+    )  # fmt: skip
+    failed_dir: Path | None = key(
+        "failedDir", to_path, default=None, default_doc="`<path>/failed`",
+        doc="files that could not be inspected go here, each with a `.json` sidecar with the error code",
+    )  # fmt: skip
+    settle_s: float = key(
+        "settleS", to_number(0.0, 3600.0), default=0.5,
+        doc="a file is read once its size and time stamp stayed the same this long (a JPEG or PNG must also be complete)",
+    )  # fmt: skip
+    poll_s: float = key(
+        "pollS", to_number(0.01, 60.0), default=0.2, doc="how often the folder is scanned"
+    )
+    max_in_flight: int = key(
+        "maxInFlight", to_int(1, 64), default=3, doc="files of this folder in the pipeline at once"
+    )
+    keep: KeepPolicy = key(
+        "keep", _keep, default=KeepPolicy.NONE, choices=tuple(p.value for p in KeepPolicy),
+        doc="keep `all`, `anomalous` or `none` of the inspected images in `capture.keep.dir`",
+    )  # fmt: skip
+
+    @property
+    def done(self) -> Path:
+        """Where inspected files go."""
+        return self.done_dir if self.done_dir is not None else self.path / "done"
+
+    @property
+    def failed(self) -> Path:
+        """Where files that could not be inspected go."""
+        return self.failed_dir if self.failed_dir is not None else self.path / "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class CameraSourceConfig:
+    """A camera (V4L2 device, RTSP or HTTP MJPEG stream) or a video file, read by OpenCV."""
+
+    id: str = key(
+        "id", _source_id, required=True, doc="source id (in replies, kept files, triggers)"
+    )
+    url: str = key(
+        "url", _camera_url, required=True, flag="--camera", metavar="URL",
+        doc="`/dev/videoN`, `rtsp://…`, `http://…` (MJPEG) or a video file",
+    )  # fmt: skip
+    fps: float = key(
+        "fps", to_number(0.0, 1000.0), default=0.0, flag="--fps", metavar="N",
+        doc="free-running: inspect the freshest frame N times a second (0 = off); frames the model cannot keep up with are dropped and counted",
+    )  # fmt: skip
+    interval_s: float = key(
+        "intervalS", to_number(0.0, 86400.0), default=0.0,
+        doc="inspect the freshest frame every S seconds (0 = off)",
+    )  # fmt: skip
+    trigger_topic: str | None = key(
+        "triggerTopic", to_topic(subscribe=True), default=None, thing_name=True,
+        default_doc="`capture.triggerTopic`",
+        doc="trigger messages for this source (`{\"RequestId\": …, \"Source\": id}`)",
+    )  # fmt: skip
+    trigger_frame: TriggerFrame = key(
+        "triggerFrame", _trigger_frame, default=TriggerFrame.LATEST,
+        choices=tuple(p.value for p in TriggerFrame),
+        doc="a trigger inspects the `latest` frame already decoded, or the `next` one",
+    )  # fmt: skip
+    # 3: one being finished (post-processing, reply), one in the model, one prepared and
+    # waiting for it; with 2 the model idled while the oldest was post-processed (C3 at 1080p,
+    # back to back on 2 cores: 0.63 of the bare model loop with 2, 0.75 with 3).
+    max_in_flight: int = key(
+        "maxInFlight", to_int(1, 64), default=3,
+        doc="inspections of this source in the pipeline at once (free-running and interval)",
+    )  # fmt: skip
+    replay: Replay = key(
+        "replay", _replay, default=Replay.REALTIME, choices=tuple(p.value for p in Replay),
+        doc="video files: `realtime` (at the file's frame rate) or `every_frame` (each frame once)",
+    )  # fmt: skip
+    loop: bool = key("loop", to_bool, default=False, doc="video files: start again at the end")
+    width: int | None = key(
+        "width", to_int(1, 16384), default=None, doc="V4L2 devices: the frame width to ask for"
+    )
+    height: int | None = key(
+        "height", to_int(1, 16384), default=None, doc="V4L2 devices: the frame height to ask for"
+    )
+    ffmpeg_options: str | None = key(
+        "ffmpegOptions", to_text, default=None,
+        doc="FFmpeg options for streams as `key;value` pairs (e.g. `rtsp_transport;tcp`)",
+    )  # fmt: skip
+    open_timeout_s: float = key(
+        "openTimeoutS", to_number(0.1, 600.0), default=10.0, doc="how long opening may take"
+    )
+    read_timeout_s: float = key(
+        "readTimeoutS", to_number(0.1, 600.0), default=5.0,
+        doc="a stream silent this long is lost (reconnect)",
+    )  # fmt: skip
+    reconnect_max_s: float = key(
+        "reconnectMaxS", to_number(0.1, 3600.0), default=30.0,
+        doc="longest wait between reconnect attempts (the wait doubles from 0.5 s)",
+    )  # fmt: skip
+    keep: KeepPolicy = key(
+        "keep", _keep, default=KeepPolicy.NONE, choices=tuple(p.value for p in KeepPolicy),
+        doc="keep `all`, `anomalous` or `none` of the inspected images in `capture.keep.dir`",
+    )  # fmt: skip
+
+    @property
+    def kind(self) -> Literal["device", "stream", "file"]:
+        """What `url` names."""
+        return camera_kind(self.url)
+
+    def validate_section(self, where: str) -> None:
+        if self.fps > 0 and self.interval_s > 0:
+            _fail(join(where, "intervalS"), "fps and intervalS exclude each other")
+        if self.kind != "file" and (self.replay is Replay.EVERY_FRAME or self.loop):
+            _fail(join(where, "replay" if self.loop is False else "loop"),
+                  "replay every_frame and loop are for video files")  # fmt: skip
+        if (self.width is None) != (self.height is None):
+            _fail(join(where, "width"), "width and height go together")
+
+
+CaptureSource = FolderSourceConfig | CameraSourceConfig
+SOURCE_KINDS: dict[str, type] = {"folder": FolderSourceConfig, "camera": CameraSourceConfig}
+# `serve --watch DIR` / `--camera URL` describe one source each, with these ids.
+SOURCE_FLAG_IDS = {"folder": "folder1", "camera": "cam1"}
+
+
+@dataclass(frozen=True, slots=True)
+class KeepStoreConfig:
+    """Where capture sources keep images, and the bounds that keep the disk from filling."""
+
+    dir: Path | None = key(
+        "dir", to_path, default=None, flag="--keep-dir", metavar="DIR",
+        doc="kept images: `<dir>/<source>/<day>/<time>-<RequestId>.png`, `.overlay.png`, `.json`",
+    )  # fmt: skip
+    max_bytes: int = key(
+        "maxBytes", to_int(1 << 20), default=1 << 30, default_doc="1 GiB",
+        doc="the oldest kept files are deleted beyond this total",
+    )  # fmt: skip
+    max_age_s: float = key(
+        "maxAgeS", to_number(0.0), default=7 * 86400.0, default_doc="604800 (7 days)",
+        doc="kept files older than this are deleted (0 = no age limit)",
+    )  # fmt: skip
+    min_free_bytes: int = key(
+        "minFreeBytes", to_int(0), default=1 << 30, default_doc="1 GiB",
+        doc="never leave less free disk space than this: the oldest kept files go first, else the image is not kept",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    """What capture sources share: the trigger and status topics, the kept-image store."""
+
+    trigger_topic: str | None = key(
+        "triggerTopic", to_topic(subscribe=True), default=None, thing_name=True,
+        flag="--trigger-topic", metavar="TOPIC",
+        doc="trigger messages for every camera source (`Source` picks one); replies go to the results topic",
+    )  # fmt: skip
+    status_topic: str | None = key(
+        "statusTopic", to_topic(subscribe=False), default=None, thing_name=True,
+        doc="source status changes (connected, lost, reconnecting) as JSON",
+    )  # fmt: skip
+    keep: KeepStoreConfig = key(
+        "keep", to_section(KeepStoreConfig), default=KeepStoreConfig(), doc="kept images"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """Everything `lfv-edge serve`, `lfv-edge agent` and the Greengrass component need."""
@@ -579,10 +823,41 @@ class ServiceConfig:
     http: HttpConfig | None = key(
         "http", to_section(HttpConfig), default=None, doc="the web view, metrics and health"
     )
+    sources: tuple[CaptureSource, ...] = key(
+        "sources", to_variant_list(SOURCE_KINDS, flag_ids=SOURCE_FLAG_IDS), default=(),
+        default_doc="none", doc="capture sources (docs/capture.md)",
+    )  # fmt: skip
+    capture: CaptureConfig = key(
+        "capture", to_section(CaptureConfig), default=CaptureConfig(),
+        doc="what capture sources share",
+    )  # fmt: skip
 
     def validate_section(self, where: str) -> None:
         if self.model is None and (self.mqtt is not None or self.ipc is not None):
             _fail("model", "required when mqtt or ipc is configured")
+        seen: dict[str, int] = {}
+        for index, source in enumerate(self.sources):
+            at = f"sources[{index}]"
+            if source.id in seen:
+                _fail(f"{at}.id", f"{source.id!r} is also sources[{seen[source.id]}]'s id")
+            seen[source.id] = index
+            if source.keep is not KeepPolicy.NONE and self.capture.keep.dir is None:
+                _fail(f"{at}.keep", f"{source.keep.value}: set capture.keep.dir (where to keep)")
+            if isinstance(source, CameraSourceConfig):
+                triggered = self.trigger_topic_of(source) is not None
+                replayed = source.replay is Replay.EVERY_FRAME
+                if not (source.fps > 0 or source.interval_s > 0 or triggered or replayed):
+                    _fail(at, "a camera needs fps, intervalS or a trigger topic (triggerTopic, "
+                          "or capture.triggerTopic); a video file may replay every_frame")  # fmt: skip
+        folders = [(i, s) for i, s in enumerate(self.sources) if isinstance(s, FolderSourceConfig)]
+        for index, folder in folders:
+            for other_index, other in folders:
+                if other_index < index and folder.path.resolve() == other.path.resolve():
+                    _fail(f"sources[{index}].path", f"also sources[{other_index}]'s folder")
+
+    def trigger_topic_of(self, source: CameraSourceConfig) -> str | None:
+        """The topic a camera source takes triggers from (its own, else the shared one)."""
+        return source.trigger_topic or self.capture.trigger_topic
 
 
 TOP_LEVEL_KEYS = tuple(row.path.split(".")[0] for row in reference_rows(ServiceConfig))
@@ -647,6 +922,9 @@ def merge_config(base: Mapping[str, object], overrides: Mapping[str, object]) ->
 
 
 def _dest(path: str) -> str:
+    parts = variant_row_parts(path)
+    if parts is not None:  # sources[].url (camera) → config__sources__camera__url
+        path = ".".join((parts[0], parts[2], parts[1]))
     return "config__" + path.replace(".", "__")
 
 
@@ -660,7 +938,11 @@ def add_config_flags(parser: argparse.ArgumentParser, paths: Sequence[str] | Non
         spec = row.spec
         if spec.flag is None or (paths is not None and row.path not in paths):
             continue
-        section = row.path.split(".")[0] if "." in row.path else "settings"
+        parts = variant_row_parts(row.path)
+        if parts is not None:
+            section = f"{parts[0]} (one {parts[2]}; a list in --config)"
+        else:
+            section = row.path.split(".")[0] if "." in row.path else "settings"
         group = groups.get(section) or groups.setdefault(
             section, parser.add_argument_group(section)
         )
@@ -682,22 +964,46 @@ def add_config_flags(parser: argparse.ArgumentParser, paths: Sequence[str] | Non
 
 
 def raw_from_flags(args: argparse.Namespace) -> dict[str, object]:
-    """The configuration mapping the given flags stand for (flags not given are left out)."""
+    """The configuration mapping the given flags stand for (flags not given are left out).
+
+    Flags of a list's entries (`--watch DIR`, `--camera URL --fps N`) describe one entry per
+    kind, with the id `SOURCE_FLAG_IDS` gives it; they replace the list of a --config file.
+    """
     raw: dict[str, object] = {}
+    entries: dict[tuple[str, str], dict[str, object]] = {}
     for row in reference_rows(ServiceConfig):
         value = getattr(args, _dest(row.path), None)
         if value is None:
+            continue
+        parts = variant_row_parts(row.path)
+        if parts is not None:
+            list_name, name, kind = parts
+            entry = entries.setdefault((list_name, kind), {"type": kind})
+            entry[name] = value
             continue
         *sections, name = row.path.split(".")
         target = raw
         for section in sections:
             target = cast(dict[str, object], target.setdefault(section, {}))
         target[name] = value
+    for (list_name, kind), entry in entries.items():
+        entry.setdefault("id", SOURCE_FLAG_IDS.get(kind, kind))
+        cast(list[object], raw.setdefault(list_name, [])).append(entry)
     return raw
 
 
 def flag_of(path: str) -> str | None:
-    """The flag standing for the key at `path`, if any."""
+    """The flag standing for the key at `path`, if any (`sources[0].url` → `--camera`)."""
+    entry = re.fullmatch(r"(?P<list>\w+)\[\d+\]\.(?P<key>\w+)", path)
+    if entry is not None:
+        flags = {
+            row.spec.flag
+            for row in reference_rows(ServiceConfig)
+            if row.spec.flag
+            and (parts := variant_row_parts(row.path)) is not None
+            and parts[:2] == (entry["list"], entry["key"])
+        }
+        return flags.pop() if len(flags) == 1 else None
     try:
         return find_key(ServiceConfig, path).flag
     except KeyError:
@@ -715,19 +1021,29 @@ def reference_table() -> str:
 
 __all__ = [
     "DEFAULT_AGENT_SOCKET",
+    "SOURCE_FLAG_IDS",
     "AgentConfig",
     "AgentModelConfig",
+    "CameraSourceConfig",
+    "CaptureConfig",
+    "CaptureSource",
     "Device",
+    "FolderSourceConfig",
     "HttpConfig",
     "IpcConfig",
+    "KeepPolicy",
+    "KeepStoreConfig",
     "LimitsConfig",
     "ModelConfig",
     "MqttConfig",
     "OverflowPolicy",
     "QueueConfig",
+    "Replay",
     "ResultsConfig",
     "ServiceConfig",
+    "TriggerFrame",
     "add_config_flags",
+    "camera_kind",
     "flag_of",
     "merge_config",
     "parse_config",

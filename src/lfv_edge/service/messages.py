@@ -55,6 +55,8 @@ PAYLOAD_TOO_LARGE = "PayloadTooLarge"
 BUSY = "Busy"
 INFERENCE_FAILED = "InferenceFailed"
 INTERNAL_ERROR = "InternalError"
+NO_FRAME = "NoFrame"  # capture: a trigger found no frame (camera not connected)
+INTERRUPTED = "Interrupted"  # capture: a hot-folder file was in flight when the process ended
 # Every code a reply can carry, with what it means (documented in the README).
 ERROR_CODES = {
     BAD_REQUEST: "the payload is not a valid request (JSON shape, field types, image source)",
@@ -66,6 +68,8 @@ ERROR_CODES = {
     BUSY: "the request queue is full; the request was not processed (retry later)",
     INFERENCE_FAILED: "the model failed on this image",
     INTERNAL_ERROR: "an unexpected error; the service keeps running",
+    NO_FRAME: "a capture trigger found no frame to inspect (the camera is not connected)",
+    INTERRUPTED: "a hot-folder file was in flight when the process ended; it is not inspected again",
 }
 CONTENT_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/png", "image/bmp", "image/gif", "image/webp", "image/tiff"}

@@ -7,6 +7,11 @@ Each configuration section is a frozen dataclass whose fields are declared with 
         size: int = key("size", to_int(1, 100_000), default=8, flag="--queue-size",
                         doc="requests waiting for the model")
 
+A list of sections of several kinds, told apart by a `type` key (the capture sources), is
+declared with `to_variant_list({"folder": FolderSourceConfig, "camera": CameraSourceConfig})`:
+each entry is parsed as the section its `type` names, with key paths such as `sources[1].url`,
+and the README table lists its keys as `sources[].url (camera)`.
+
 From that one declaration come the parser (`parse_section`: unknown keys refused, `None`/""
 meaning "not given", errors carrying the key path), the command-line flags of `serve`
 (`add_flags`, `raw_from_flags`), the README's configuration table (`reference_rows`) and the
@@ -31,7 +36,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from lfv_edge.errors import ConfigError
 
@@ -56,6 +61,25 @@ class Key:
     metavar: str | None = None
     choices: tuple[str, ...] | None = None  # for --help
     section: type | None = None  # a nested section's class (for walking the schema)
+    variants: Variants | None = None  # a list of sections told apart by a discriminator key
+
+
+@dataclass(frozen=True, slots=True)
+class Variants:
+    """The sections a list may hold, by the value of each entry's discriminator key."""
+
+    sections: Mapping[str, type]  # e.g. {"folder": FolderSourceConfig, "camera": ...}
+    discriminator: str = "type"
+    # The `id` an entry built from command-line flags gets, per kind (flags describe one entry).
+    flag_ids: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def kind_of(self, section: object) -> str:
+        """The discriminator value of a parsed entry."""
+        for name, cls in self.sections.items():
+            if isinstance(section, cls):
+                return name
+        msg = f"{type(section).__name__} is not one of {sorted(self.sections)}"
+        raise TypeError(msg)
 
 
 def key(
@@ -79,6 +103,7 @@ def key(
         "key": Key(
             name, convert, doc, required, default_doc, thing_name, flag, flag_const,
             flag_append, metavar, choices, getattr(convert, "section", None),
+            getattr(convert, "variants", None),
         )
     }  # fmt: skip
     if default_factory is not None:
@@ -126,6 +151,8 @@ def parse_section(
             value = expand_thing_name(value, path, environ)
         if spec.section is not None:  # nested sections need the environment too
             values[field.name] = parse_section(spec.section, value, path, environ)
+        elif spec.variants is not None:
+            values[field.name] = parse_variant_list(spec.variants, value, path, environ)
         else:
             values[field.name] = spec.convert(value, path)
     parsed = section(**values)
@@ -145,6 +172,51 @@ def to_section(section: type[T]) -> Convert[T]:
         return parse_section(section, value, where)
 
     convert.section = section  # type: ignore[attr-defined]
+    return convert
+
+
+def parse_variant_list(
+    variants: Variants, raw: object, where: str, environ: Mapping[str, str] = os.environ
+) -> tuple[Any, ...]:
+    """Check and type a list whose entries are sections named by their discriminator key.
+
+    Raises:
+        ConfigError: names the entry's key path, e.g. `sources[1].url`.
+    """
+    if not isinstance(raw, list | tuple):
+        fail(where, f"expected a list of objects, got {show(raw)}")
+    kinds = ", ".join(sorted(variants.sections))
+    entries: list[Any] = []
+    for index, item in enumerate(cast(Sequence[object], raw)):
+        at = f"{where}[{index}]"
+        mapping = require_mapping(item, at)
+        kind = mapping.get(variants.discriminator)
+        kind_path = join(at, variants.discriminator)
+        if kind is None or kind == "":
+            fail(kind_path, f"required (one of {kinds})")
+        if not isinstance(kind, str) or kind not in variants.sections:
+            fail(kind_path, f"expected one of {kinds}, got {show(kind)}")
+        body = {name: value for name, value in mapping.items() if name != variants.discriminator}
+        entries.append(parse_section(variants.sections[str(kind)], body, at, environ))
+    return tuple(entries)
+
+
+def to_variant_list(
+    sections: Mapping[str, type],
+    *,
+    discriminator: str = "type",
+    flag_ids: Mapping[str, str] | None = None,
+) -> Convert[tuple[Any, ...]]:
+    """The converter of a list of sections told apart by `discriminator` (see the module doc).
+
+    `key()` marks it, so `parse_section` passes the caller's environment down.
+    """
+    variants = Variants(dict(sections), discriminator, dict(flag_ids or {}))
+
+    def convert(value: object, where: str) -> tuple[Any, ...]:
+        return parse_variant_list(variants, value, where)
+
+    convert.variants = variants  # type: ignore[attr-defined]
     return convert
 
 
@@ -339,13 +411,40 @@ def _default_text(field: dataclasses.Field[Any], spec: Key) -> str:
 
 
 def reference_rows(section: type, where: str = "") -> Iterator[KeyRow]:
-    """Every leaf key of `section` and its nested sections, depth first, with full paths."""
+    """Every leaf key of `section` and its nested sections, depth first, with full paths.
+
+    The keys of a variant list read `sources[].type`, then `sources[].url (camera)`, ….
+    """
     for field, spec in keys_of(section):
         path = join(where, spec.name)
         if spec.section is not None:
             yield from reference_rows(spec.section, path)
+        elif spec.variants is not None:
+            yield from _variant_rows(spec, path)
         else:
             yield KeyRow(path, spec, _default_text(field, spec))
+
+
+def _variant_rows(spec: Key, path: str) -> Iterator[KeyRow]:
+    variants = spec.variants
+    assert variants is not None  # noqa: S101 - the caller checked
+    kinds = tuple(variants.sections)
+    discriminator = Key(
+        variants.discriminator, to_choice(kinds), required=True, choices=kinds,
+        doc=f"{spec.doc}: the kind of entry, " + " or ".join(f"`{k}`" for k in kinds),
+    )  # fmt: skip
+    yield KeyRow(f"{path}[].{variants.discriminator}", discriminator, "required")
+    for kind, section in variants.sections.items():
+        for row in reference_rows(section, f"{path}[]"):
+            yield KeyRow(f"{row.path} ({kind})", row.spec, row.default)
+
+
+def variant_row_parts(path: str) -> tuple[str, str, str] | None:
+    """`("sources", "url", "camera")` for the row path `sources[].url (camera)`, else None."""
+    match = re.fullmatch(r"(?P<list>[^\[]+)\[\]\.(?P<key>\S+) \((?P<kind>[^)]+)\)", path)
+    if match is None:
+        return None
+    return match["list"], match["key"], match["kind"]
 
 
 def find_key(section: type, path: str) -> Key:

@@ -279,6 +279,7 @@ class IpcTransport:
         self._handler: MessageHandler | None = None
         self._on_fatal: FatalHandler | None = None
         self._receiving = False
+        self._topic_streams: dict[str, Any] = {}  # subscribe_topic's (capture triggers)
 
     @property
     def config(self) -> IpcConfig:
@@ -419,6 +420,56 @@ class IpcTransport:
         # IoT Core requests came at QoS 1 and their senders wait for the reply: they may wait
         # here too (the nucleus does not redeliver them). Local pub/sub has no such sender.
         self._handler(IncomingMessage(payload, route, can_wait=kind == IOT_CORE))
+
+    # --- other topics (capture triggers) ---------------------------------------------------
+
+    def subscribe_topic(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Also hand each local pub/sub message on `topic` to `handler` (executor thread: it
+        must only enqueue). The recipe's accessControl must allow SubscribeToTopic on it.
+
+        Raises:
+            TransportError: denied by accessControl, refused, or unanswered.
+        """
+
+        def on_event(event: Any) -> None:  # noqa: ANN401 - awsiot is untyped
+            try:
+                if event.binary_message is not None:
+                    payload = bytes(event.binary_message.message or b"")
+                elif event.json_message is not None:
+                    payload = json.dumps(event.json_message.message).encode()
+                else:
+                    return
+                handler(payload)
+            except Exception:  # an exception here would only be printed by the SDK
+                logger.exception("message on %s dropped", topic)
+
+        def on_error(error: Exception) -> bool:
+            logger.error("subscription to %s failed: %s", topic, _describe(error))
+            return True
+
+        client = self._connection.client
+        stream = self._connection.subscribe(
+            f"SubscribeToTopic {topic}",
+            lambda: client.subscribe_to_topic_async(
+                topic=topic,
+                receive_mode=ReceiveMode.RECEIVE_MESSAGES_FROM_OTHERS,
+                on_stream_event=on_event,
+                on_stream_error=on_error,
+            ),
+        )
+        with self._lock:
+            old = self._topic_streams.pop(topic, None)
+            self._topic_streams[topic] = stream
+        if old is not None:
+            self._connection.close_stream(f"subscription to {topic}", old)
+        logger.info("also subscribed to local topic %s", topic)
+
+    def unsubscribe_topic(self, topic: str) -> None:
+        """Close the subscription `subscribe_topic` opened."""
+        with self._lock:
+            stream = self._topic_streams.pop(topic, None)
+        if stream is not None:
+            self._connection.close_stream(f"subscription to {topic}", stream)
 
     # --- replies -----------------------------------------------------------------------------
 

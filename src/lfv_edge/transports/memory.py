@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lfv_edge.errors import TransportError
@@ -34,6 +35,7 @@ class MemoryTransport:
         self._on_fatal: FatalHandler | None = None
         self._receiving = False
         self._changed = threading.Condition()
+        self._topics: dict[str, Callable[[bytes], None]] = {}
         self.closed = False
         self.up = True  # set False to play a broker outage (readiness tests)
 
@@ -62,6 +64,22 @@ class MemoryTransport:
                 redelivered_if_unanswered=redelivered_if_unanswered,
             )
         )
+        return True
+
+    def subscribe_topic(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Also hand payloads sent to `topic` (with `send`) to `handler` (capture triggers)."""
+        self._topics[topic] = handler
+
+    def unsubscribe_topic(self, topic: str) -> None:
+        """Stop handing `topic`'s payloads to its handler."""
+        self._topics.pop(topic, None)
+
+    def send(self, topic: str, payload: bytes) -> bool:
+        """Hand a payload to the handler subscribed to `topic`; False when there is none."""
+        handler = self._topics.get(topic)
+        if handler is None:
+            return False
+        handler(payload)
         return True
 
     def fail(self, reason: str) -> None:

@@ -234,6 +234,7 @@ class MqttTransport:
         self._draining = 0  # spooled entries handed and not yet acknowledged
         self._max_reply_bytes: int | None = None
         self._subscribe_mid: int | None = None
+        self._topics: dict[str, Callable[[bytes], None]] = {}  # subscribe_topic's (triggers)
         self._fatal_reason: str | None = None
         self._disconnect_log = RateLimitedLog(30.0)
         self._drop_log = RateLimitedLog(10.0)
@@ -665,6 +666,7 @@ class MqttTransport:
             noLocal=self.config.shared_group is None,
         )
         _, self._subscribe_mid = client.subscribe(self._subscription, options=options)
+        self._subscribe_topics()
         logger.info(
             "mqtt connected broker=%s client_id=%s session_present=%s acked_on_resume=%d "
             "in_progress=%d spooled=%d",
@@ -826,6 +828,49 @@ class MqttTransport:
         if _paho_logger.isEnabledFor(severity):
             _paho_logger.log(severity, "%s", text)
 
+    # --- other topics (capture triggers) ---------------------------------------------------
+
+    def subscribe_topic(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Also hand each message on `topic` to `handler` (paho's thread: it must only enqueue).
+
+        QoS 0: a message sent while we are disconnected is not replayed after the reconnect (a
+        trigger for a part that has moved on is worth nothing). Subscribed now when connected,
+        and again on every reconnect, like the requests topic.
+        """
+
+        def on_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+            payload = message.payload
+            handler(payload if isinstance(payload, bytes) else bytes(payload))
+            if message.qos > 0:  # the broker may not downgrade; acks are manual for every topic
+                client.ack(message.mid, message.qos)
+
+        with self._lock:
+            self._topics[topic] = handler
+            connected = self._connected
+        self._client.message_callback_add(topic, on_message)
+        if connected:
+            self._client.subscribe(topic, options=SubscribeOptions(qos=0, noLocal=True))
+        logger.info("mqtt also subscribed topic=%s (qos 0)", topic)
+
+    def unsubscribe_topic(self, topic: str) -> None:
+        """Stop handing `topic`'s messages to its handler."""
+        with self._lock:
+            known = self._topics.pop(topic, None) is not None
+            connected = self._connected
+        if not known:
+            return
+        # Not removed: a message already on its way would fall through to the request handler.
+        self._client.message_callback_add(topic, _drop_message)
+        if connected:
+            self._client.unsubscribe(topic)
+
+    def _subscribe_topics(self) -> None:
+        """(Re)subscribe `subscribe_topic`'s topics (paho's thread, on connect)."""
+        with self._lock:
+            topics = list(self._topics)
+        for topic in topics:
+            self._client.subscribe(topic, options=SubscribeOptions(qos=0, noLocal=True))
+
     # --- status ------------------------------------------------------------------------
 
     def _status_payload(
@@ -838,6 +883,12 @@ class MqttTransport:
             body["Reason"] = reason
         body.update(self._status_fields)
         return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _drop_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+    """A topic unsubscribed with `unsubscribe_topic`: late messages on it are dropped."""
+    if message.qos > 0:
+        client.ack(message.mid, message.qos)
 
 
 def _no_delay(client: paho.Client, userdata: object, sock: object) -> None:

@@ -26,10 +26,10 @@ from lfv_edge.web.metrics import Gauges
 
 @runtime_checkable
 class SourceStatus(Protocol):
-    """A capture source (or anything beside the service) that can say how it is doing."""
+    """Capture sources (or anything beside the service) that can say how they are doing."""
 
-    def status(self) -> Mapping[str, object]:
-        """JSON-ready: at least `Name` and `State`; shown in the page's sources panel."""
+    def statuses(self) -> Sequence[Mapping[str, object]]:
+        """One JSON-ready entry per source: at least `Name` and `State` (the sources panel)."""
         ...
 
 
@@ -156,15 +156,15 @@ class ServiceBackend:
             "NotReady": reasons,
             "Model": {"Name": package.name, "Version": package.version},
             "Transports": [{"Name": t.name, "Connected": t.connected} for t in service.transports],
-            "Sources": [_source_status(source) for source in self.sources],
+            "Sources": [entry for source in self.sources for entry in _source_statuses(source)],
         }
 
 
-def _source_status(source: SourceStatus) -> Mapping[str, object]:
+def _source_statuses(source: SourceStatus) -> Sequence[Mapping[str, object]]:
     try:
-        return source.status()
+        return source.statuses()
     except Exception as exc:  # noqa: BLE001 - a broken source must not break the page
-        return {"Name": type(source).__name__, "State": "unknown", "Error": str(exc)}
+        return [{"Name": type(source).__name__, "State": "unknown", "Error": str(exc)}]
 
 
 class AgentBackend:
