@@ -22,6 +22,7 @@ from pathlib import Path
 from lfv_edge.modelbuild import BuildError
 
 KERNELS_SOURCE = Path(__file__).with_name("kernels.c")
+ABI_HEADER = "tvm_abi.h"  # included by kernels.c: part of the cache key
 CACHE_ENV = "LFV_EDGE_KERNEL_CACHE"
 # -fvisibility=hidden + explicit default visibility exports only the kernels and hooks;
 # --no-undefined fails the link instead of dlopen when a symbol is missing (docs/dlr-runtime.md §6).
@@ -95,8 +96,9 @@ def compile_kernels(
         msg = f"cannot read the kernel source {source_path}: {exc}"
         raise BuildError(msg) from exc
     version = _compiler_version(compiler)
+    header = (KERNELS_SOURCE.parent / ABI_HEADER).read_bytes()
     digest = hashlib.sha256()
-    for part in (code, "\0".join((compiler, *CFLAGS, *LIBS)).encode(), version.encode()):
+    for part in (code, header, "\0".join((compiler, *CFLAGS, *LIBS)).encode(), version.encode()):
         digest.update(hashlib.sha256(part).digest())
     folder = cache_dir if cache_dir is not None else default_cache_dir(environ)
     cached = folder / f"lfv_kernels-{digest.hexdigest()[:16]}.so"
@@ -120,7 +122,16 @@ def _build(compiler: str, source: Path, target: Path) -> None:
     handle, scratch = tempfile.mkstemp(prefix=".building-", suffix=".so", dir=target.parent)
     os.close(handle)
     partial = Path(scratch)
-    command = [compiler, *CFLAGS, "-o", str(partial), str(source), *LIBS]
+    # -I: an edited copy of kernels.c elsewhere still finds tvm_abi.h.
+    command = [
+        compiler,
+        *CFLAGS,
+        f"-I{KERNELS_SOURCE.parent}",
+        "-o",
+        str(partial),
+        str(source),
+        *LIBS,
+    ]
     try:
         completed = subprocess.run(
             command, capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S, check=False

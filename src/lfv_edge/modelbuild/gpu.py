@@ -42,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 DEVICE_HEADER = HERE / "gpu_kernels.cuh"
 HOST_SOURCE = HERE / "gpu_host.c"
 HOST_HEADER = HERE / "gpu_host.h"
+ABI_HEADER = HERE / "tvm_abi.h"
 # Hopper machine code for the GPUs we run on, plus Turing-level PTX (the oldest nvcc 13
 # accepts) that the driver compiles for any newer GPU (Ampere, Ada, Orin, Blackwell).
 DEFAULT_CUDA_TARGETS = ("sm_90", "compute_75")
@@ -346,7 +347,7 @@ def compile_gpu_kernels(
     digest = hashlib.sha256()
     for part in (
         device_code.encode(), host_code.encode(), DEVICE_HEADER.read_bytes(),
-        HOST_SOURCE.read_bytes(), HOST_HEADER.read_bytes(),
+        HOST_SOURCE.read_bytes(), HOST_HEADER.read_bytes(), ABI_HEADER.read_bytes(),
         "\0".join((*NVCC_FLAGS, *gencode, *HOST_CFLAGS)).encode(), versions.encode(),
     ):  # fmt: skip
         digest.update(hashlib.sha256(part).digest())

@@ -1,41 +1,11 @@
 /*
  * lfv-edge GPU kernel library, host side: types shared by gpu_host.c and the host functions
- * gpu.py generates. ABI mirrors as in kernels.c (DLPack v0.3, TVM c_runtime_api.h); no TVM or
- * CUDA header is needed.
+ * gpu.py generates. The ABI mirrors are in tvm_abi.h; no TVM or CUDA header is needed.
  */
 
 #pragma once
 
-#include <stdint.h>
-
-#define LFV_EXPORT __attribute__((visibility("default")))
-
-typedef union {
-  int64_t v_int64;
-  double v_float64;
-  void* v_handle;
-  const char* v_str;
-} TVMValue;
-
-typedef struct {
-  uint8_t code;
-  uint8_t bits;
-  uint16_t lanes;
-} DLDataType;
-
-typedef struct {
-  void* data;
-  int32_t device_type;
-  int32_t device_id;
-  int32_t ndim;
-  DLDataType dtype;
-  int64_t* shape;
-  int64_t* strides;
-  uint64_t byte_offset;
-} DLTensor;
-
-_Static_assert(sizeof(TVMValue) == 8, "TVMValue is an 8-byte union");
-_Static_assert(sizeof(DLTensor) == 48, "DLTensor must be 48 bytes (x86-64 / aarch64 LP64)");
+#include "tvm_abi.h" /* TVMValue, DLTensor, LFV_EXPORT */
 
 /* What one argument of a node must be: its role (for messages) and exact shape. */
 typedef struct {

@@ -6,7 +6,7 @@
  *     int f(TVMValue* args, int* type_codes, int num_args,
  *           TVMValue* ret, int* ret_tcode, void* resource_handle)
  * and receives its input tensors, then its output tensor, as DLTensor handles (type code 7).
- * No TVM header is needed: DLTensor and TVMValue are mirrored below.
+ * No TVM header is needed: DLTensor and TVMValue are mirrored in tvm_abi.h.
  *
  * Semantics mirror PyTorch so a trained model maps 1:1 (see modelbuild/graph.py for the
  * symbol table and modelbuild/reference.py for the float64 oracle):
@@ -44,38 +44,7 @@ __asm__(".symver exp,exp@GLIBC_2.2.5");
 __asm__(".symver memcpy,memcpy@GLIBC_2.2.5");
 #endif
 
-#define LFV_EXPORT __attribute__((visibility("default")))
-
-/* ---- ABI mirrors (DLPack v0.3, TVM c_runtime_api.h / c_backend_api.h) ---------------------- */
-
-typedef union {
-  int64_t v_int64;
-  double v_float64;
-  void* v_handle;
-  const char* v_str;
-} TVMValue;
-
-typedef struct {
-  uint8_t code;
-  uint8_t bits;
-  uint16_t lanes;
-} DLDataType;
-
-typedef struct {
-  void* data;
-  int32_t device_type;
-  int32_t device_id;
-  int32_t ndim;
-  DLDataType dtype;
-  int64_t* shape;
-  int64_t* strides;
-  uint64_t byte_offset;
-} DLTensor;
-
-_Static_assert(sizeof(TVMValue) == 8, "TVMValue is an 8-byte union");
-_Static_assert(sizeof(DLTensor) == 48, "DLTensor must be 48 bytes (x86-64 / aarch64 LP64)");
-_Static_assert(offsetof(DLTensor, shape) == 24, "DLTensor.shape at offset 24");
-_Static_assert(offsetof(DLTensor, byte_offset) == 40, "DLTensor.byte_offset at offset 40");
+#include "tvm_abi.h" /* TVMValue, DLTensor, LFV_EXPORT */
 
 typedef struct {
   void* sync_handle;
