@@ -9,7 +9,7 @@ Tiers (markers, applied here at collection, so no test file has to remember them
 * `gpu`: needs an NVIDIA GPU and a CUDA build of libdlr.so (tests that reach the
   `gpu_libdlr` fixture of gpu/, which skips them elsewhere);
 * `capture`: starts camera feeds (the `rtsp_feed`/`mjpeg_feed` fixtures of capture/);
-* neither: the fast tier, `scripts/test --fast` (`-m "not dlr and not broker"`).
+* neither: the fast tier, `scripts/test --fast` (`-m "not dlr and not broker and not slow"`).
 
 The real CPU `libdlr.so` must be installed (scripts/setup does it): a missing runtime is a
 test failure, never a silent skip. Every test gets its own package cache folder.

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from lfv_edge.cli import main
 from lfv_edge.convert.api import ConvertOptions, convert_package
@@ -71,6 +72,7 @@ def test_a_crashing_kernel_is_reported_and_the_converter_survives(
     assert {k.symbol: k.status for k in report.kernels}["fused_nn_relu"] == "verified"
 
 
+@pytest.mark.slow  # waits out the stall limit (3 s)
 def test_a_kernel_that_never_returns_is_stopped_and_reported(
     write_stage: StageWriter, hook_libraries: dict[str, Path], tmp_path: Path
 ) -> None:
