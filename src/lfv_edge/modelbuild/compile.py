@@ -47,24 +47,23 @@ def default_cache_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return base / "lfv-edge" / "kernels"
 
 
-def _compiler_version(compiler: str) -> str:
-    if shutil.which(compiler) is None:
-        msg = (
-            f"the C compiler {compiler!r} was not found on PATH; install gcc "
-            "(e.g. `apt-get install gcc`) to build test and demo models"
-        )
-        raise BuildError(msg)
+def tool_version(tool: str, missing: str) -> str:
+    """`tool --version`'s output (part of a build's cache key).
+
+    Raises:
+        BuildError: the tool is not on PATH (the message is `missing`), or `--version` fails.
+    """
+    if shutil.which(tool) is None:
+        raise BuildError(missing)
     try:
         completed = subprocess.run(
-            [compiler, "--version"], capture_output=True, text=True, timeout=60, check=False
+            [tool, "--version"], capture_output=True, text=True, timeout=60, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        msg = f"could not run {compiler} --version: {exc}"
+        msg = f"could not run {tool} --version: {exc}"
         raise BuildError(msg) from exc
     if completed.returncode != 0:
-        msg = (
-            f"{compiler} --version failed (exit {completed.returncode}): {completed.stderr.strip()}"
-        )
+        msg = f"{tool} --version failed (exit {completed.returncode}): {completed.stderr.strip()}"
         raise BuildError(msg)
     return completed.stdout
 
@@ -95,7 +94,11 @@ def compile_kernels(
     except OSError as exc:
         msg = f"cannot read the kernel source {source_path}: {exc}"
         raise BuildError(msg) from exc
-    version = _compiler_version(compiler)
+    version = tool_version(
+        compiler,
+        f"the C compiler {compiler!r} was not found on PATH; install gcc "
+        "(e.g. `apt-get install gcc`) to build test and demo models",
+    )
     header = (KERNELS_SOURCE.parent / ABI_HEADER).read_bytes()
     digest = hashlib.sha256()
     for part in (code, header, "\0".join((compiler, *CFLAGS, *LIBS)).encode(), version.encode()):

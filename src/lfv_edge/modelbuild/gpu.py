@@ -35,7 +35,7 @@ from pathlib import Path
 
 from lfv_edge.modelbuild import BuildError
 from lfv_edge.modelbuild.blob import HANDLE, CudaFunction, CudaModule, encode_module_blob
-from lfv_edge.modelbuild.compile import default_cache_dir
+from lfv_edge.modelbuild.compile import default_cache_dir, tool_version
 from lfv_edge.modelbuild.graph import Layer, Network
 
 HERE = Path(__file__).resolve().parent
@@ -272,28 +272,6 @@ def _gencode(targets: Sequence[str]) -> list[str]:
     return flags
 
 
-def _tool_version(tool: str, what: str) -> str:
-    if shutil.which(tool) is None:
-        msg = (
-            f"{tool} was not found on PATH: GPU packages need CUDA's compiler nvcc (CUDA 11.8 "
-            "or newer) and gcc"
-            if what == "nvcc"
-            else f"the C compiler {tool!r} was not found on PATH; install gcc"
-        )
-        raise BuildError(msg)
-    try:
-        completed = subprocess.run(
-            [tool, "--version"], capture_output=True, text=True, timeout=60, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        msg = f"could not run {tool} --version: {exc}"
-        raise BuildError(msg) from exc
-    if completed.returncode != 0:
-        msg = f"{tool} --version failed (exit {completed.returncode}): {completed.stderr.strip()}"
-        raise BuildError(msg)
-    return completed.stdout
-
-
 def nvcc_available(nvcc: str = "nvcc") -> bool:
     """Whether GPU packages can be built here (nvcc on PATH)."""
     return shutil.which(nvcc) is not None
@@ -343,7 +321,11 @@ def compile_gpu_kernels(
     nodes = plan_gpu(network)
     device_code, host_code = cuda_source(nodes), host_source(nodes)
     gencode = _gencode(targets)
-    versions = _tool_version(nvcc, "nvcc") + _tool_version(compiler, "gcc")
+    versions = tool_version(
+        nvcc,
+        f"{nvcc} was not found on PATH: GPU packages need CUDA's compiler nvcc (CUDA 11.8 "
+        "or newer) and gcc",
+    ) + tool_version(compiler, f"the C compiler {compiler!r} was not found on PATH; install gcc")
     digest = hashlib.sha256()
     for part in (
         device_code.encode(), host_code.encode(), DEVICE_HEADER.read_bytes(),

@@ -70,20 +70,7 @@ LFV_EXPORT int (*__TVMBackendParallelLaunch)(FTVMParallelLambda, void*, int) = N
 
 /* ---- errors ---------------------------------------------------------------------------------- */
 
-/* The runtime reports "<fn>: Check failed: ret == 0 (-1 vs. 0) : <message>", so every message
- * starts with the kernel name and says what was expected. */
-static int fail(const char* fn, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(const char* fn, const char* fmt, ...) {
-  char message[640];
-  int used = snprintf(message, sizeof message, "%s: ", fn);
-  if (used < 0 || (size_t)used >= sizeof message) used = 0;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(message + used, sizeof message - (size_t)used, fmt, ap);
-  va_end(ap);
-  if (__TVMAPISetLastError != NULL) __TVMAPISetLastError(message);
-  return -1;
-}
+/* fail(fn, fmt, ...): tvm_abi.h. */
 
 static void shape_text(const DLTensor* t, char* out, size_t size) {
   size_t used = 0;
