@@ -18,7 +18,9 @@ test failure, never a silent skip. Every test gets its own package cache folder.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -27,6 +29,9 @@ from lfv_edge.model.archive import CACHE_DIR_ENV
 from lfv_edge.model.runner import configure_threads
 from lfv_edge.modelbuild.compile import compile_kernels
 from lfv_edge.modelbuild.package import PackageSpec, build_lfv_package
+
+if TYPE_CHECKING:
+    from tests.mqtt.conftest import Broker
 
 # Folders whose every test needs a tier (their tests run `lfv-edge` or models in child
 # processes, where no fixture shows it). Other tests get a tier from the fixtures they use.
@@ -59,6 +64,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             tiers.update(FIXTURE_TIERS.get(name, ()))
         for tier in sorted(tiers):
             item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A real mosquitto (with persistence) on 127.0.0.1, shared by one test module."""
+    from tests.mqtt.conftest import Broker, free_port
+
+    instance = Broker(tmp_path_factory.mktemp("mosquitto"), free_port())
+    instance.start()
+    yield instance
+    instance.stop()
 
 
 @pytest.fixture(scope="session")

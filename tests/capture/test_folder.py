@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from lfv_edge.inspection.imaging import encode_png
 from lfv_edge.modelbuild.package import PackageSpec
 from tests.capture.conftest import CaptureRunFactory, results, wait_until
 from tests.conftest import PackageFactory
-from tests.mqtt.conftest import Broker, free_port
+from tests.mqtt.conftest import Broker
 
 GOOD, SLOW, NOT_IMAGES, SAME_NAMES = 420, 30, 30, 20  # 500 files
 SLOW_PAUSE_S = 0.6  # longer than settleS: only the completeness check keeps them waiting
@@ -198,14 +197,6 @@ def test_symlinks_are_refused_not_followed(
 
 
 # --- a crash: `lfv-edge serve --watch` killed with SIGKILL mid-way, then started again ----------
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    instance = Broker(tmp_path_factory.mktemp("mosquitto"), free_port())
-    instance.start()
-    yield instance
-    instance.stop()
 
 
 class _Results:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +24,13 @@ from lfv_edge.capture.triggers import parse_trigger
 from lfv_edge.errors import InputError
 from lfv_edge.transports.memory import MemoryTransport
 from tests.capture.conftest import CaptureRunFactory, results, wait_until
-from tests.mqtt.conftest import Broker, free_port
+from tests.mqtt.conftest import Broker
 
 pytestmark = pytest.mark.capture
 
 TRIGGERS = 200
 FEED_FPS = 20  # one frame every 50 ms
 TRIGGER_RATE = 15.0  # a part every 67 ms: below the demo model's ~20 inspections a second
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    instance = Broker(tmp_path_factory.mktemp("mosquitto"), free_port())
-    instance.start()
-    yield instance
-    instance.stop()
 
 
 class _Line:

@@ -14,10 +14,10 @@ import pytest
 
 from lfv_edge.inspection.imaging import encode_png
 from tests.gpu.conftest import DEMO_CPU, demo_set
-from tests.mqtt.conftest import Broker, Peer, body_request, broker, jpeg, peers, topic
+from tests.mqtt.conftest import Broker, Peer, body_request, jpeg, peers, topic
 from tests.mqtt.test_serve_process import ServeProcess, launch
 
-__all__ = ["broker", "launch", "peers", "topic"]  # fixtures used here
+__all__ = ["launch", "peers", "topic"]  # fixtures used here (broker: tests/conftest.py)
 
 
 def _lfv_edge(*args: str) -> subprocess.CompletedProcess[str]:

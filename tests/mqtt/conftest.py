@@ -136,15 +136,6 @@ class Broker:
         self.start()
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """A plain mosquitto (with persistence) shared by one test module."""
-    instance = Broker(tmp_path_factory.mktemp("mosquitto"), free_port())
-    instance.start()
-    yield instance
-    instance.stop()
-
-
 @pytest.fixture
 def topic(request: pytest.FixtureRequest) -> str:
     """A topic prefix no other test uses."""

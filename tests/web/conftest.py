@@ -37,7 +37,6 @@ from lfv_edge.service.config import HttpConfig, parse_config
 from lfv_edge.service.core import Service
 from lfv_edge.transports.memory import MemoryTransport
 from lfv_edge.web.view import WebView
-from tests.mqtt.conftest import Broker, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -198,15 +197,6 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT
 
 
 # --- serve as a process ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """A plain mosquitto on 127.0.0.1 shared by one test module."""
-    instance = Broker(tmp_path_factory.mktemp("mosquitto"), free_port())
-    instance.start()
-    yield instance
-    instance.stop()
 
 
 class Process:
