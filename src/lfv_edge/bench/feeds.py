@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lfv_edge.bench.processes import terminate
 from lfv_edge.errors import LfvEdgeError
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-gi and GStreamer live
@@ -132,13 +133,8 @@ class _Feed:
 
     def stop(self) -> None:
         """Stop the feed for good."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        if self.process is not None:
+            terminate(self.process)
         self.close_pipes()
 
     def close_pipes(self) -> None:

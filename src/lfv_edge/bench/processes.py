@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import paho.mqtt.client as paho  # noqa: TID251 - the benchmark's client, not the service's door
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: TID251
@@ -70,6 +70,18 @@ def cpu_seconds(pid: int) -> float:
 # --- mosquitto ---------------------------------------------------------------------------
 
 
+def terminate(process: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """SIGTERM a child that still runs, SIGKILL it if it has not exited within `timeout_s`."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout_s)
+
+
 class Mosquitto:
     """A private mosquitto on 127.0.0.1:<free port>, in-memory sessions, no size limits."""
 
@@ -112,13 +124,7 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process)
 
 
 # --- the benchmark's MQTT client -----------------------------------------------------------
