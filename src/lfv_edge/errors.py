@@ -9,7 +9,8 @@
     ├── InputError           a request or image is unusable; carries a stable error code
     ├── InferenceError       the model failed while running
     ├── TransportError       publish/subscribe failed
-    └── CaptureError         a camera or video cannot be opened or read (the source reconnects)
+    ├── CaptureError         a camera or video cannot be opened or read (the source reconnects)
+    └── BuildError           a test model, package or the component cannot be built; says why
 
 `InputError.code` values are part of the wire contract (see messages.py and the README).
 """
@@ -68,3 +69,7 @@ class TransportError(LfvEdgeError):
 
 class CaptureError(LfvEdgeError):
     """A capture source cannot open or read its camera, stream or video file."""
+
+
+class BuildError(LfvEdgeError):
+    """A model, package or the Greengrass component could not be built; the message says why."""

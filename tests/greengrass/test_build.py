@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from lfv_edge.errors import BuildError
 from lfv_edge.greengrass.build import (
     COMPONENT_NAME,
     ZIP_NAME,
-    BuildError,
     build_component_zip,
     default_zip_path,
     project_version,

@@ -30,7 +30,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from lfv_edge.errors import LfvEdgeError
+from lfv_edge.errors import BuildError
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can hold: no build
 _SKIPPED_DIRS = frozenset({"__pycache__", "tests", "test", "build", "dist"})
 _SKIPPED_SUFFIXES = frozenset({".pyc", ".pyo", ".so", ".o", ".egg-info", ".partial", ".orig"})
 _VERSION_LINE = re.compile(r'^version\s*=\s*"([^"]+)"\s*$', re.MULTILINE)
-
-
-class BuildError(LfvEdgeError):
-    """The component cannot be built from this tree."""
 
 
 def project_version(root: Path) -> str:

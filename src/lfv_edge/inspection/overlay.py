@@ -17,16 +17,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lfv_edge.inspection.imaging import resize_nearest
-from lfv_edge.inspection.postprocess import Verdict
+from lfv_edge.inspection.postprocess import Verdict, hex_to_rgb
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _ANOMALOUS = (220, 40, 40)
 _NORMAL = (30, 150, 60)
 _ALPHA = 0.45
-
-
-def _hex_to_rgb(color: str) -> tuple[int, int, int]:
-    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
 
 
 def _text(
@@ -81,7 +77,7 @@ def blend_mask(
         return
     # Colour the scaled labels, not the full mask (nearest-neighbour commutes with the lookup):
     # a 1080p mask's colours are 6 MB, its 640-px preview's 0.7 MB.
-    lut = np.array([_hex_to_rgb(c) for c in verdict.mask_colors], dtype=np.uint8)
+    lut = np.array([hex_to_rgb(c) for c in verdict.mask_colors], dtype=np.uint8)
     colored = np.take(lut[:, ::-1] if bgr else lut, labels, axis=0)
     defect = labels != 0
     blended = cv2.addWeighted(picture, 1 - _ALPHA, colored, _ALPHA, 0)
@@ -92,7 +88,7 @@ def blend_mask(
         contours, _ = cv2.findContours(
             (labels == index).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
         )
-        color = _hex_to_rgb(verdict.mask_colors[int(index)])
+        color = hex_to_rgb(verdict.mask_colors[int(index)])
         cv2.drawContours(picture, contours, -1, color[::-1] if bgr else color, outline)
 
 
@@ -115,7 +111,7 @@ def _legend(verdict: Verdict, width: int) -> NDArray[np.uint8]:
         return legend
     for row, anomaly in enumerate(entries):
         y = 8 + 20 * row
-        cv2.rectangle(legend, (10, y), (24, y + 14), _hex_to_rgb(anomaly.pixel_anomaly.color), -1)
+        cv2.rectangle(legend, (10, y), (24, y + 14), hex_to_rgb(anomaly.pixel_anomaly.color), -1)
         area = anomaly.pixel_anomaly.total_percentage_area
         shown = "<0.01%" if 0 < area < 0.0001 else f"{area:.2%}"
         _text(legend, f"{anomaly.name}  {shown} of the image", (32, y + 12), 0.45, (40, 40, 40))

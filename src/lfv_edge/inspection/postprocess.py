@@ -145,6 +145,11 @@ DEFAULT_PALETTE = [
 _HEX_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
 
 
+def is_hex_color(value: object) -> bool:
+    """True for a `#RRGGBB` string (either case), the only colour form LFV writes."""
+    return isinstance(value, str) and _HEX_COLOR.match(value) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class PixelAnomaly:
     """Area (0–1 fraction of the image) and display colour of one mask class."""
@@ -177,7 +182,7 @@ class Verdict:
         """The mask as an H×W×3 RGB image in the verdict's colours."""
         if self.mask is None:
             return None
-        lut = np.array([_hex_to_rgb(color) for color in self.mask_colors], dtype=np.uint8)
+        lut = np.array([hex_to_rgb(color) for color in self.mask_colors], dtype=np.uint8)
         # np.take is ~2.5× faster than fancy indexing (lut[mask]) for a 1000×1000 mask.
         rgb: NDArray[np.uint8] = np.take(lut, self.mask, axis=0)
         return rgb
@@ -207,7 +212,8 @@ class Verdict:
         return result
 
 
-def _hex_to_rgb(color: str) -> tuple[int, int, int]:
+def hex_to_rgb(color: str) -> tuple[int, int, int]:
+    """`#RRGGBB` → (r, g, b); the colour must have passed `is_hex_color`."""
     return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
 
 
@@ -219,7 +225,7 @@ def parse_color_map(raw: Mapping[str, str]) -> dict[str, str]:
     """
     colors: dict[str, str] = {}
     for label, color in raw.items():
-        if not isinstance(color, str) or not _HEX_COLOR.match(color):
+        if not is_hex_color(color):
             msg = f"colors.{label}: expected a colour like #23A436, got {color!r}"
             raise ConfigError(msg)
         colors[label] = color.upper()

@@ -15,16 +15,12 @@ own C kernels (TVM packed-function ABI), a graph JSON and a `.params` file, plus
 Errors:
 
     LfvEdgeError
-    └── BuildError    gcc missing or failing, an invalid network/spec, a writer self-check
+    └── BuildError    (lfv_edge.errors) gcc missing or failing, an invalid network/spec,
+                      a writer self-check
 """
 
 from __future__ import annotations
 
-from lfv_edge.errors import LfvEdgeError
-
-
-class BuildError(LfvEdgeError):
-    """A model or package could not be built; the message says what and why."""
-
+from lfv_edge.errors import BuildError
 
 __all__ = ["BuildError"]

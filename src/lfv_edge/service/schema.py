@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
 from lfv_edge.errors import ConfigError
+from lfv_edge.inspection.postprocess import is_hex_color
 
 T = TypeVar("T")
 Convert = Callable[[object, str], T]  # (raw value, key path) → typed value; raises ConfigError
@@ -257,7 +258,6 @@ def expand_thing_name(value: object, where: str, environ: Mapping[str, str]) -> 
 # ASCII digits only: str.isdigit() also accepts "²", which int() refuses (found by fuzzing), and
 # a bounded length keeps int() under Python's 4,300-digit limit.
 _INTEGER_TEXT = re.compile(r"-?[0-9]{1,30}")
-_HEX_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
 
 
 def to_int(minimum: int, maximum: int = 1 << 62) -> Convert[int]:
@@ -355,15 +355,23 @@ def to_choice(options: Sequence[str], *, upper: bool = False) -> Convert[str]:
     return convert
 
 
+def topic_problem(topic: str, *, subscribe: bool) -> str | None:
+    """Why `topic` cannot be published to (or subscribed to), or None when it can."""
+    if not topic or len(topic.encode()) > 65535 or "\0" in topic:
+        return "not a valid MQTT topic"
+    if not subscribe and ("+" in topic or "#" in topic):
+        return "a publish topic cannot contain the wildcards + or #"
+    return None
+
+
 def to_topic(*, subscribe: bool) -> Convert[str]:
     """An MQTT topic; wildcards only where we subscribe."""
 
     def convert(value: object, where: str) -> str:
         topic = to_text(value, where)
-        if not topic or len(topic.encode()) > 65535 or "\0" in topic:
-            fail(where, f"not a valid MQTT topic: {show(value)}")
-        if not subscribe and ("+" in topic or "#" in topic):
-            fail(where, "a publish topic cannot contain the wildcards + or #")
+        problem = topic_problem(topic, subscribe=subscribe)
+        if problem is not None:
+            fail(where, f"{problem}: {show(value)}")
         return topic
 
     return convert
@@ -374,7 +382,7 @@ def to_colors(value: object, where: str) -> Mapping[str, str]:
     mapping = require_mapping(value, where)
     colors: dict[str, str] = {}
     for label, color in mapping.items():
-        if not isinstance(color, str) or not _HEX_COLOR.match(color):
+        if not is_hex_color(color):
             fail(join(where, label), f"expected a colour like #23A436, got {show(color)}")
         colors[label] = str(color).upper()
     return colors

@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -43,12 +42,14 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from lfv_edge.errors import ConfigError, TransportError
 from lfv_edge.service.config import MqttConfig
+from lfv_edge.service.messages import utc_timestamp
 from lfv_edge.service.ports import (
     FatalHandler,
     IncomingMessage,
     MessageHandler,
     ReplyRoute,
 )
+from lfv_edge.service.schema import topic_problem
 from lfv_edge.service.stats import RateLimitedLog
 from lfv_edge.transports.spool import DiskSpool, MemorySpool, Spool
 
@@ -105,22 +106,6 @@ class _Outgoing:
     request: _Request | None = None
     spool_seq: int | None = None
     done: threading.Event | None = None  # set when the broker acknowledged it (status)
-
-
-def _utc_now() -> str:
-    moment = datetime.now(tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def _valid_publish_topic(topic: object) -> bool:
-    return (
-        isinstance(topic, str)
-        and bool(topic)
-        and "+" not in topic
-        and "#" not in topic
-        and "\0" not in topic
-        and len(topic.encode()) <= 65535
-    )
 
 
 class _ClosingSSLSocket(ssl.SSLSocket):
@@ -783,8 +768,11 @@ class MqttTransport:
                 self._requests[message.mid] = request
             max_bytes = self._max_reply_bytes
             handler = self._handler
-        if response_topic is not None and _valid_publish_topic(response_topic):
-            topic, channel = str(response_topic), "response-topic"
+        if (
+            isinstance(response_topic, str)
+            and topic_problem(response_topic, subscribe=False) is None
+        ):
+            topic, channel = response_topic, "response-topic"
         else:
             if response_topic is not None:
                 logger.debug("ignoring an invalid response topic %r", response_topic)
@@ -878,7 +866,7 @@ class MqttTransport:
     ) -> bytes:
         body: dict[str, object] = {"Status": status, "ClientId": self._client_id}
         if timestamp:
-            body["Timestamp"] = _utc_now()
+            body["Timestamp"] = utc_timestamp()
         if reason is not None:
             body["Reason"] = reason
         body.update(self._status_fields)
